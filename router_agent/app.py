@@ -1,0 +1,99 @@
+"""``router-agent run``: the agent with everything it needs around it.
+
+Starts (when not given) the embedded nats-server and an in-process emulator, connects,
+starts the agent, prints where it is and a clear ready line, and stops gracefully on
+SIGINT/SIGTERM: no new requests, in-flight ones finished or failed with an answer, drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+from router_agent.agent import RouterAgent
+from router_agent.bus import EmbeddedNats, connect, free_port
+from router_agent.config import Config
+from router_agent.emulator import Emulator, start_emulator
+
+log = logging.getLogger("router_agent")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def describe_providers(agent: RouterAgent) -> list[str]:
+    """One line per provider: real, EMULATED (why) or disabled (why)."""
+    lines = []
+    for name, entry in agent.state.providers.items():
+        models = ", ".join(entry.models)
+        if entry.emulated:
+            mode = f"EMULATED ({entry.emulated_reason})"
+        elif not entry.enabled:
+            mode = f"disabled ({agent.state.provider_states[name].health_detail or 'by config'})"
+        else:
+            mode = f"real {entry.base_url}"
+        lines.append(f"  {name:<10} {entry.type:<5} {mode}  models: {models}")
+    return lines
+
+
+async def run(
+    config: Config,
+    nats_url: str | None = None,
+    emulator_url: str | None = None,
+    announce: Callable[[str], None] = print,
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    embedded: EmbeddedNats | None = None
+    emulator: Emulator | None = None
+    url = nats_url or os.environ.get("NATS_URL") or config.nats.url
+    if not url:
+        spec = config.nats.embedded
+        port = spec.port if spec.port and _port_free(spec.host, spec.port) else free_port(spec.host)
+        embedded = EmbeddedNats(spec.data_dir, spec.host, port).start()
+        url = embedded.url
+        announce(f"NATS: {url} (embedded nats-server, JetStream data in {spec.data_dir})")
+    else:
+        announce(f"NATS: {url}")
+    try:
+        nc = await connect(url, config.nats, name="router-agent")
+        emulator_url = emulator_url or config.emulation.url
+        if emulator_url is None and config.emulation.mode != "never":
+            emulator = await start_emulator(latency_ms=config.emulation.latency_ms)
+            emulator_url = emulator.url
+            announce(f"emulator: {emulator_url} (in-process, {config.emulation.latency_ms:g} ms latency)")
+        agent = RouterAgent(config, nc, emulator_url=emulator_url)
+        await agent.start()
+        announce("providers:")
+        for line in describe_providers(agent):
+            announce(line)
+        announce(
+            f"router-agent ready: instance {agent.instance_id} on {url}, "
+            f"listening on {agent.subjects.llm_request} (queue group {config.router.queue_group!r})"
+        )
+        stop = stop_event or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        announce("router-agent stopping: finishing in-flight requests")
+        await agent.stop()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        announce("router-agent stopped")
+    finally:
+        if emulator is not None:
+            await emulator.close()
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,366 @@
+"""Configuration: the YAML files in ``config/`` loaded into pydantic models.
+
+``load_config(dir, environment)`` reads ``models.yaml``, ``agents.yaml``, ``routing.yaml``
+and ``router.yaml``, deep-merges ``environments/<environment>.yaml`` (and any extra overlay
+files) over them, and validates the result. Any problem raises ``ConfigError`` naming the
+file, the key path and what is wrong, so a bad file fails at start, never mid-request.
+
+Secrets are never read from YAML: a provider names the environment variable (or file)
+holding its key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUNDLED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+BASE_FILES = ("models.yaml", "agents.yaml", "routing.yaml", "router.yaml")
+ENV_VARIABLE = "ROUTER_ENV"
+
+
+class ConfigError(Exception):
+    """A config file is missing, unreadable or invalid; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# --------------------------------------------------------------------------- models.yaml
+
+
+class Price(_Strict):
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+
+class RateLimitConfig(_Strict):
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+
+class ProviderConfig(_Strict):
+    api: Literal["openai", "anthropic", "gemini"] = "openai"
+    type: Literal["cloud", "local"] = "cloud"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    weight: float = Field(1.0, ge=0)
+    enabled: bool = True
+    timeout_ms: int = Field(60_000, ge=1)
+
+
+class ModelConfig(_Strict):
+    provider: str
+    type: Literal["cloud", "local"] = "cloud"
+    model_id: str | None = None
+    model_path: str | None = None
+    endpoint: str | None = None
+    capabilities: list[str] = []
+    cost_per_1k_tokens: Price = Price()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    context_window: int | None = Field(None, ge=1)
+    resource_requirements: dict[str, float] = {}
+    performance: dict[str, float] = {}
+    enabled: bool = True
+
+
+# --------------------------------------------------------------------------- agents.yaml
+
+
+class RoutingRule(_Strict):
+    condition: str = Field(min_length=1)
+    model: str
+
+
+class AgentConfig(_Strict):
+    name: str = ""
+    description: str = ""
+    model_preferences: dict[str, str] = {}
+    routing_rules: list[RoutingRule] = []
+    capabilities_required: list[str] = []
+
+
+# --------------------------------------------------------------------------- routing.yaml
+
+
+class StrategyConfig(_Strict):
+    description: str = ""
+    rules: list[dict[str, Any]] = []
+
+
+class GlobalRule(_Strict):
+    name: str
+    condition: str
+    action: str
+
+
+class RoutingFactor(_Strict):
+    name: str
+    weight: float = Field(ge=0, le=1)
+    calculation: str = ""
+
+
+class RoutingConfig(_Strict):
+    default_strategy: str = "round_robin"
+    strategies: dict[str, StrategyConfig] = {"round_robin": StrategyConfig()}
+    global_rules: list[GlobalRule] = []
+    routing_factors: list[RoutingFactor] = []
+    global_overrides: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_default(self) -> "RoutingConfig":
+        if self.default_strategy not in self.strategies:
+            raise ValueError(
+                f"default_strategy {self.default_strategy!r} is not one of the strategies "
+                f"{sorted(self.strategies)}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- router.yaml
+
+
+class CircuitBreakerConfig(_Strict):
+    failure_threshold: int = Field(5, ge=1)
+    cooldown_s: float = Field(30.0, gt=0)
+
+
+class RouterSettings(_Strict):
+    instance_id: str | None = None
+    subject_prefix: str = ""
+    queue_group: str = "router"
+    max_concurrent_requests: int = Field(10_000, ge=1)
+    max_payload_bytes: int = Field(1_048_576, ge=1024)
+    default_timeout_ms: int = Field(60_000, ge=1)
+    max_attempts: int = Field(3, ge=1, le=10)
+    metrics_interval_s: float = Field(10.0, gt=0)
+    cost_report_interval_s: float = Field(30.0, gt=0)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    probe_timeout_ms: int = Field(3000, ge=1)
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+
+class TlsConfig(_Strict):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class EmbeddedNats(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(4222, ge=0, le=65535)
+    data_dir: str = ".router-data/nats"
+
+
+class NatsConfig(_Strict):
+    url: str | None = None
+    user_env: str | None = "NATS_USER"
+    password_env: str | None = "NATS_PASSWORD"
+    token_env: str | None = "NATS_TOKEN"
+    nkeys_seed_file: str | None = None
+    creds_file: str | None = None
+    tls: TlsConfig | None = None
+    embedded: EmbeddedNats = EmbeddedNats()
+
+
+class EndpointPolicy(_Strict):
+    allowed_schemes: list[str] = ["http", "https"]
+    allowed_hosts: list[str] = ["*"]
+    allowed_networks: list[str] = []
+    denied_hosts: list[str] = []
+    denied_networks: list[str] = ["169.254.0.0/16", "fe80::/10"]
+
+    @model_validator(mode="after")
+    def _networks_parse(self) -> "EndpointPolicy":
+        for net in [*self.allowed_networks, *self.denied_networks]:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not a network: {exc}") from None
+        return self
+
+
+class SecurityConfig(_Strict):
+    allow_inline_api_keys: bool = False
+    secret_files_dir: str | None = None
+    endpoints: EndpointPolicy = EndpointPolicy()
+
+
+class EmulationConfig(_Strict):
+    mode: Literal["auto", "always", "never"] = "auto"
+    url: str | None = None
+    latency_ms: float = Field(40.0, ge=0)
+
+
+class TelemetryConfig(_Strict):
+    enabled: bool = False
+    exporter: Literal["console", "otlp", "none"] = "console"
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+# --------------------------------------------------------------------------- the whole
+
+
+class Config(_Strict):
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    aliases: dict[str, str] = {}
+    agents: dict[str, AgentConfig] = {}
+    routing: RoutingConfig = RoutingConfig()
+    router: RouterSettings = RouterSettings()
+    nats: NatsConfig = NatsConfig()
+    security: SecurityConfig = SecurityConfig()
+    emulation: EmulationConfig = EmulationConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "Config":
+        problems: list[str] = []
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                problems.append(
+                    f"models.{name}.provider: unknown provider {model.provider!r} "
+                    f"(known: {sorted(self.providers)})"
+                )
+            elif model.endpoint is None and self.providers[model.provider].base_url is None:
+                problems.append(
+                    f"models.{name}.endpoint: provider {model.provider!r} has no base_url, "
+                    "so the model needs its own endpoint"
+                )
+        for alias, target in self.aliases.items():
+            if target not in self.models:
+                problems.append(f"aliases.{alias}: unknown model {target!r}")
+        for agent_id, agent in self.agents.items():
+            for role, model in agent.model_preferences.items():
+                if model not in self.models:
+                    problems.append(
+                        f"agents.{agent_id}.model_preferences.{role}: unknown model {model!r}"
+                    )
+            for i, rule in enumerate(agent.routing_rules):
+                if rule.model not in self.models:
+                    problems.append(
+                        f"agents.{agent_id}.routing_rules[{i}].model: unknown model {rule.model!r}"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def resolve_model(self, name: str) -> str | None:
+        """A model name or alias -> the model name, or None."""
+        if name in self.models:
+            return name
+        return self.aliases.get(name)
+
+
+# --------------------------------------------------------------------------- loading
+
+# Which base file a top-level key belongs to, to name the file in error messages.
+_KEY_FILES = {
+    "providers": "models.yaml",
+    "models": "models.yaml",
+    "aliases": "models.yaml",
+    "agents": "agents.yaml",
+    "routing": "routing.yaml",
+}
+
+
+def load_config(
+    config_dir: str | Path | None = None,
+    environment: str | None = None,
+    overlays: list[str | Path] | None = None,
+) -> Config:
+    """Load and validate the config directory; the environment defaults to $ROUTER_ENV."""
+    directory = Path(config_dir) if config_dir else BUNDLED_CONFIG_DIR
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: config directory not found")
+    environment = environment if environment is not None else os.environ.get(ENV_VARIABLE) or None
+
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name in BASE_FILES:
+        path = directory / name
+        if not path.exists():
+            continue
+        document = _read_yaml(path)
+        for key in document:
+            if key in merged:
+                raise ConfigError(f"{path}: key {key!r} is already defined in {origin[key]}")
+            origin[key] = str(path)
+        merged.update(document)
+
+    overlay_paths: list[Path] = []
+    if environment:
+        env_path = directory / "environments" / f"{environment}.yaml"
+        if not env_path.exists():
+            known = sorted(p.stem for p in (directory / "environments").glob("*.yaml"))
+            raise ConfigError(f"{env_path}: unknown environment {environment!r} (known: {known})")
+        overlay_paths.append(env_path)
+    overlay_paths += [Path(p) for p in overlays or []]
+    for path in overlay_paths:
+        _deep_merge(merged, _read_yaml(path), origin, str(path))
+
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin, directory)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(document).__name__}")
+    return document
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any], origin: dict[str, str], source: str) -> None:
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value, origin, source)
+        else:
+            base[key] = value
+        origin.setdefault(key, source)
+        if origin[key] != source and source not in origin[key]:
+            origin[key] = f"{origin[key]} (with overlay {source})"
+
+
+def _describe(exc: ValidationError, origin: dict[str, str], directory: Path) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        top = loc[0] if loc else ""
+        where = origin.get(top) or str(directory / _KEY_FILES.get(top, "router.yaml"))
+        path = _format_path(error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{where}: {path}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _format_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out

@@ -1,0 +1,148 @@
+"""CloudEvents 1.0 structured-JSON envelope around every signal.
+
+A signal on the wire is ``{"specversion": "1.0", "id", "source", "type", "time", "data"}``
+with ``type`` = ``io.llmrouter.<signal>.v<N>``. Trace context travels in the NATS
+``traceparent`` header, not in the body.
+
+Decoding is two-step on purpose: the envelope first (``data`` kept raw), so that a wrong
+``type`` or version gets its own error code (``unsupported_version``) instead of a
+confusing field error; then ``data`` against the signal's Struct.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from datetime import datetime, timezone
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from signals.types import SIGNAL_TYPES, ErrorCode
+
+SPECVERSION = "1.0"
+TYPE_PREFIX = "io.llmrouter."
+VERSION = 1
+
+T = TypeVar("T")
+
+
+def event_type(signal: str, version: int = VERSION) -> str:
+    """``llm_request`` -> ``io.llmrouter.llm_request.v1``."""
+    return f"{TYPE_PREFIX}{signal}.v{version}"
+
+
+class CloudEvent(msgspec.Struct, Generic[T], kw_only=True):
+    specversion: str = SPECVERSION
+    id: str
+    source: str
+    type: str
+    time: str
+    datacontenttype: str = "application/json"
+    data: T
+
+
+class _RawEvent(msgspec.Struct, kw_only=True):
+    specversion: str
+    id: str
+    source: str
+    type: str
+    time: str | None = None
+    datacontenttype: str | None = None
+    data: msgspec.Raw
+
+
+class SignalError(Exception):
+    """Bad input, with the typed code and (for field errors) the key path."""
+
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None):
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.field = field
+
+
+_encoder = msgspec.json.Encoder()
+_raw_decoder = msgspec.json.Decoder(_RawEvent)
+_data_decoders: dict[str, msgspec.json.Decoder] = {
+    name: msgspec.json.Decoder(cls) for name, cls in SIGNAL_TYPES.items()
+}
+
+
+class EventFactory:
+    """Builds envelopes for one source; ids are ``<source-unique>-<counter>`` (cheap, unique)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self._prefix = f"{os.getpid():x}{int(datetime.now(timezone.utc).timestamp() * 1000):x}-"
+        self._ids = itertools.count(1)
+
+    def encode(self, signal: str, data: Any) -> bytes:
+        event = CloudEvent(
+            id=f"{self._prefix}{next(self._ids)}",
+            source=self.source,
+            type=event_type(signal),
+            time=_now_iso(),
+            data=data,
+        )
+        return _encoder.encode(event)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_event(signal: str, data: Any, source: str = "client", event_id: str | None = None) -> bytes:
+    """Encode one signal for publishing (clients and tests; the agent uses EventFactory)."""
+    event = CloudEvent(
+        id=event_id or os.urandom(8).hex(),
+        source=source,
+        type=event_type(signal),
+        time=_now_iso(),
+        data=data,
+    )
+    return _encoder.encode(event)
+
+
+def decode_event(payload: bytes, signal: str) -> tuple[_RawEvent, Any]:
+    """Decode a signal expected on a subject; raise SignalError naming what is wrong."""
+    try:
+        raw = _raw_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        text = str(exc)
+        if text.startswith(("JSON is malformed", "Input data was truncated")):
+            raise SignalError("malformed_json", text) from None
+        raise SignalError("invalid_request", f"not a CloudEvent: {text}", _path(text)) from None
+    if raw.specversion != SPECVERSION:
+        raise SignalError(
+            "unsupported_version", f"specversion {raw.specversion!r} is not supported (want '1.0')"
+        )
+    expected = event_type(signal)
+    if raw.type != expected:
+        if raw.type.startswith(f"{TYPE_PREFIX}{signal}.v"):
+            raise SignalError(
+                "unsupported_version", f"signal type {raw.type!r} is not supported (want {expected!r})"
+            )
+        raise SignalError("invalid_request", f"signal type {raw.type!r} on a {signal} subject")
+    try:
+        data = _data_decoders[signal].decode(raw.data)
+    except msgspec.ValidationError as exc:
+        text = str(exc).replace("`$", "`$.data", 1)
+        raise SignalError("invalid_request", text, _path(text)) from None
+    except msgspec.DecodeError as exc:
+        raise SignalError("malformed_json", str(exc)) from None
+    return raw, data
+
+
+def decode_data(payload: bytes, signal: str) -> Any:
+    """Decode just the ``data`` of a signal (for clients reading answers)."""
+    return decode_event(payload, signal)[1]
+
+
+def _path(message: str) -> str | None:
+    """msgspec ends validation errors with ``- at `$.messages[0].role```."""
+    marker = "- at `"
+    at = message.rfind(marker)
+    if at < 0:
+        return None
+    return message[at + len(marker) :].rstrip("`")
