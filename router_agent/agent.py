@@ -40,6 +40,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from router_agent.bus import sync_subscriptions
 from router_agent.config import Config, ProviderConfig
 from router_agent.core.breaker import Breaker
 from router_agent.core.cost import cost_usd
@@ -160,11 +161,27 @@ class RouterAgent:
         """(subject, queue group, handler): every subject the agent listens on."""
         s = self.subjects
         return [
-            (s.llm_request, self.settings.queue_group, self._on_llm_request),
-            (s.provider_register, "", self._on_provider_register),
-            (s.provider_update, "", self._on_provider_update),
-            (s.provider_health, "", self._on_provider_health),
+            (s.llm_request, self.settings.queue_group, self._guarded(self._on_llm_request, self._reject_request)),
+            (s.provider_register, "", self._guarded(self._on_provider_register, self._router_error)),
+            (s.provider_update, "", self._guarded(self._on_provider_update, self._router_error)),
+            (s.provider_health, "", self._guarded(self._on_provider_health, self._router_error)),
         ]
+
+    def _guarded(
+        self,
+        handler: Callable[[Msg], Awaitable[None]],
+        answer: Callable[[Msg, SignalError], Awaitable[None]],
+    ) -> Callable[[Msg], Awaitable[None]]:
+        """A bug in a handler still gets the sender a typed answer, and the agent goes on."""
+
+        async def guarded(msg: Msg) -> None:
+            try:
+                await handler(msg)
+            except Exception:
+                log.exception("handler for %s failed", msg.subject)
+                await answer(msg, SignalError("internal", "internal router error"))
+
+        return guarded
 
     async def start(self) -> None:
         """Load configured providers, subscribe, start the periodic reports."""
@@ -174,7 +191,7 @@ class RouterAgent:
             self._subscriptions.append(sub)
             if subject == self.subjects.llm_request:
                 self._request_sub = sub
-        await self.nc.flush()
+        await sync_subscriptions(self.nc)
         self._timers = [
             asyncio.create_task(self._every(self.settings.metrics_interval_s, self._publish_metrics)),
             asyncio.create_task(self._every(self.settings.cost_report_interval_s, self._publish_cost_report)),
@@ -466,6 +483,7 @@ class RouterAgent:
                 attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="skipped",
                                         error=ErrorInfo(code="provider_error", message="circuit open", retryable=True)))
                 continue
+            probe = breaker.state == "half_open"
             pstate = self.state.provider_states[dep.provider]
             pstate.in_flight += 1
             active.provider = dep.provider
@@ -475,7 +493,7 @@ class RouterAgent:
                 completion = await self.adapters["openai"].complete(request, dep, self.secrets.get(dep.provider))
             except ProviderError as exc:
                 latency = (self.clock() - call_started) * 1000
-                self._record_failure(dep, latency, breaker)
+                self._record_failure(dep, latency, breaker, probe)
                 attempts.append(Attempt(
                     provider=dep.provider, model=dep.model, outcome="error", latency_ms=round(latency, 3),
                     error=ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable),
@@ -487,7 +505,7 @@ class RouterAgent:
             except BaseException:
                 # Timeout or cancellation: the breaker learns of it, the caller's handler answers.
                 latency = (self.clock() - call_started) * 1000
-                self._record_failure(dep, latency, breaker)
+                self._record_failure(dep, latency, breaker, probe)
                 attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="timeout",
                                         latency_ms=round(latency, 3)))
                 raise
@@ -556,8 +574,8 @@ class RouterAgent:
         line.output_tokens += tokens_out
         line.cost_usd += cost
 
-    def _record_failure(self, dep: Deployment, latency_ms: float, breaker: Breaker) -> None:
-        breaker.process_failure(self.clock())
+    def _record_failure(self, dep: Deployment, latency_ms: float, breaker: Breaker, probe: bool) -> None:
+        breaker.process_failure(self.clock(), probe)
         p = self.state.provider_states[dep.provider]
         p.requests += 1
         p.failures += 1

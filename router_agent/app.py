@@ -15,6 +15,8 @@ import signal
 import socket
 from collections.abc import Callable
 
+import nats.errors
+
 from router_agent.agent import RouterAgent
 from router_agent.bus import EmbeddedNats, connect, free_port
 from router_agent.config import Config
@@ -72,6 +74,12 @@ async def run(
             emulator = await start_emulator(latency_ms=config.emulation.latency_ms)
             emulator_url = emulator.url
             announce(f"emulator: {emulator_url} (in-process, {config.emulation.latency_ms:g} ms latency)")
+        # Signal handlers go in before the ready line: a supervisor may signal right after it.
+        stop = stop_event or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
         agent = RouterAgent(config, nc, emulator_url=emulator_url)
         await agent.start()
         announce("providers:")
@@ -81,15 +89,10 @@ async def run(
             f"router-agent ready: instance {agent.instance_id} on {url}, "
             f"listening on {agent.subjects.llm_request} (queue group {config.router.queue_group!r})"
         )
-        stop = stop_event or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         announce("router-agent stopping: finishing in-flight requests")
         await agent.stop()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
             await nc.drain()
         announce("router-agent stopped")
     finally:

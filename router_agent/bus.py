@@ -136,7 +136,7 @@ def connect_options(cfg: NatsConfig) -> dict[str, Any]:
     return options
 
 
-async def connect(url: str, cfg: NatsConfig, name: str, **extra: Any) -> Client:
+async def connect(url: str, cfg: NatsConfig, name: str, initial_attempts: int = 3, **extra: Any) -> Client:
     """Connect to NATS, retrying the first connection briefly; fail with a clear message."""
     options = connect_options(cfg)
     options.update(extra)
@@ -146,11 +146,11 @@ async def connect(url: str, cfg: NatsConfig, name: str, **extra: Any) -> Client:
         del exc
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url,
             name=name,
             error_cb=_quiet_error,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=initial_attempts,
             reconnect_time_wait=0.5,
             connect_timeout=2,
             allow_reconnect=True,
@@ -158,3 +158,19 @@ async def connect(url: str, cfg: NatsConfig, name: str, **extra: Any) -> Client:
         )
     except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
         raise BusError(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}") from None
+    # A bounded first connection fails fast with a clear message; once connected, a lost
+    # server is waited for indefinitely (nats-py reads this option on every reconnect).
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
+async def sync_subscriptions(nc: Client) -> None:
+    """Return once the server has every subscription made so far on ``nc``.
+
+    ``flush()`` alone is not enough with nats-py 2.16: it writes its PING straight to the
+    socket while SUBs still wait in the pending buffer, so the PONG can come back before
+    the server has seen them (and a request right after gets "no responders"). The first
+    flush pushes the buffer out behind its PING; the second PING then follows the SUBs.
+    """
+    await nc.flush()
+    await nc.flush()

@@ -21,7 +21,7 @@ import msgspec
 import yaml
 
 import signals as sig
-from router_agent.bus import BusError, connect
+from router_agent.bus import BusError, connect, sync_subscriptions
 from router_agent.config import ConfigError, NatsConfig, load_config
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -182,6 +182,7 @@ async def _request_async(args: argparse.Namespace, request: sig.LlmRequest) -> i
             decisions.put_nowait(decision)
 
     await nc.subscribe(subjects.routing_decision(request.agent_id), cb=on_decision)
+    await sync_subscriptions(nc)
     try:
         reply = await nc.request(
             subjects.llm_request, sig.encode_event("llm_request", request, source="router-agent-cli"),
@@ -303,7 +304,7 @@ async def _watch_async(args: argparse.Namespace, names: list[str]) -> int:
     for name in names:
         for subject in subjects.watch(name):
             await nc.subscribe(subject, cb=on_message)
-    await nc.flush()
+    await sync_subscriptions(nc)
     print(f"watching {', '.join(names)} on {_bus_url(args)}", file=sys.stderr, flush=True)
     try:
         await asyncio.wait_for(done.wait(), args.timeout or None)

@@ -28,6 +28,14 @@ class ConfigError(Exception):
     """A config file is missing, unreadable or invalid; the message says where and why."""
 
 
+class UnresolvedReferences(ValueError):
+    """Names that point at nothing, as (key path, message) pairs, so each names its file."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
+        self.problems = problems
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
@@ -226,34 +234,30 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Config":
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []
         for name, model in self.models.items():
             if model.provider not in self.providers:
-                problems.append(
-                    f"models.{name}.provider: unknown provider {model.provider!r} "
-                    f"(known: {sorted(self.providers)})"
-                )
+                problems.append((
+                    f"models.{name}.provider",
+                    f"unknown provider {model.provider!r} (known: {sorted(self.providers)})",
+                ))
             elif model.endpoint is None and self.providers[model.provider].base_url is None:
-                problems.append(
-                    f"models.{name}.endpoint: provider {model.provider!r} has no base_url, "
-                    "so the model needs its own endpoint"
-                )
+                problems.append((
+                    f"models.{name}.endpoint",
+                    f"provider {model.provider!r} has no base_url, so the model needs its own endpoint",
+                ))
         for alias, target in self.aliases.items():
             if target not in self.models:
-                problems.append(f"aliases.{alias}: unknown model {target!r}")
+                problems.append((f"aliases.{alias}", f"unknown model {target!r}"))
         for agent_id, agent in self.agents.items():
             for role, model in agent.model_preferences.items():
                 if model not in self.models:
-                    problems.append(
-                        f"agents.{agent_id}.model_preferences.{role}: unknown model {model!r}"
-                    )
+                    problems.append((f"agents.{agent_id}.model_preferences.{role}", f"unknown model {model!r}"))
             for i, rule in enumerate(agent.routing_rules):
                 if rule.model not in self.models:
-                    problems.append(
-                        f"agents.{agent_id}.routing_rules[{i}].model: unknown model {rule.model!r}"
-                    )
+                    problems.append((f"agents.{agent_id}.routing_rules[{i}].model", f"unknown model {rule.model!r}"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UnresolvedReferences(problems)
         return self
 
     def resolve_model(self, name: str) -> str | None:
@@ -343,11 +347,18 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any], origin: dict[str,
 
 
 def _describe(exc: ValidationError, origin: dict[str, str], directory: Path) -> str:
+    def file_of(top: str) -> str:
+        return origin.get(top) or str(directory / _KEY_FILES.get(top, "router.yaml"))
+
     lines = []
     for error in exc.errors():
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, UnresolvedReferences):
+            lines += [f"{file_of(path.split('.', 1)[0])}: {path}: {message}" for path, message in cause.problems]
+            continue
         loc = [str(part) for part in error["loc"]]
         top = loc[0] if loc else ""
-        where = origin.get(top) or str(directory / _KEY_FILES.get(top, "router.yaml"))
+        where = file_of(top)
         path = _format_path(error["loc"]) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":

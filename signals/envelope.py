@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
@@ -112,7 +113,8 @@ def decode_event(payload: bytes, signal: str) -> tuple[_RawEvent, Any]:
         text = str(exc)
         if text.startswith(("JSON is malformed", "Input data was truncated")):
             raise SignalError("malformed_json", text) from None
-        raise SignalError("invalid_request", f"not a CloudEvent: {text}", _path(text)) from None
+        message, path = _located(text, "$")
+        raise SignalError("invalid_request", f"not a CloudEvent: {message}", path) from None
     if raw.specversion != SPECVERSION:
         raise SignalError(
             "unsupported_version", f"specversion {raw.specversion!r} is not supported (want '1.0')"
@@ -127,8 +129,8 @@ def decode_event(payload: bytes, signal: str) -> tuple[_RawEvent, Any]:
     try:
         data = _data_decoders[signal].decode(raw.data)
     except msgspec.ValidationError as exc:
-        text = str(exc).replace("`$", "`$.data", 1)
-        raise SignalError("invalid_request", text, _path(text)) from None
+        message, path = _located(str(exc), "$.data")
+        raise SignalError("invalid_request", message, path) from None
     except msgspec.DecodeError as exc:
         raise SignalError("malformed_json", str(exc)) from None
     return raw, data
@@ -139,10 +141,21 @@ def decode_data(payload: bytes, signal: str) -> Any:
     return decode_event(payload, signal)[1]
 
 
-def _path(message: str) -> str | None:
-    """msgspec ends validation errors with ``- at `$.messages[0].role```."""
-    marker = "- at `"
-    at = message.rfind(marker)
-    if at < 0:
-        return None
-    return message[at + len(marker) :].rstrip("`")
+_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`")
+
+
+def _located(text: str, root: str) -> tuple[str, str]:
+    """Rewrite msgspec's ``... - at `$.x``` so the path starts at ``root`` and names the field.
+
+    msgspec points at the enclosing object for a missing or unknown field; the caller wants
+    the field itself (``$.data.messages``, not ``$.data``).
+    """
+    head, marker, at = text.rpartition(" - at `")
+    if marker:
+        path = root + at.rstrip("`")[1:]
+    else:
+        head, path = text, root
+    field = _FIELD.match(head)
+    if field:
+        path = f"{path}.{field.group(1)}"
+    return f"{head} - at `{path}`", path

@@ -51,7 +51,7 @@ class ErrorInfo(Struct, kw_only=True, omit_defaults=True):
     message: str
     retryable: bool = False
     field: str | None = None
-    """Key path of the offending field (``$.messages[0].role``) for validation errors."""
+    """Key path of the offending field (``$.data.messages[0].role``) for validation errors."""
 
 
 class Usage(Struct, kw_only=True):
@@ -161,7 +161,9 @@ class Attempt(Struct, kw_only=True, omit_defaults=True):
     error: ErrorInfo | None = None
 
 
-class AssistantMessage(Struct, kw_only=True, omit_defaults=True):
+class AssistantMessage(Struct, kw_only=True):
+    """The OpenAI assistant-message shape; ``role`` is always on the wire."""
+
     role: Literal["assistant"] = "assistant"
     content: str = ""
 
@@ -330,5 +332,34 @@ SIGNAL_TYPES: dict[str, type[Struct]] = {
     "router_error": RouterError,
 }
 
-__all__ = [name for name, obj in globals().items() if isinstance(obj, type) and issubclass(obj, Struct)]
-__all__ += ["SIGNAL_TYPES", "ErrorCode", "Identifier", "msgspec"]
+__all__ = [
+    "AssistantMessage",
+    "Attempt",
+    "Candidate",
+    "ChatMessage",
+    "CostLine",
+    "CostReport",
+    "ErrorCode",
+    "ErrorInfo",
+    "Identifier",
+    "LlmRequest",
+    "LlmResponse",
+    "ModelPrice",
+    "ModelSpec",
+    "ModelUpdate",
+    "Params",
+    "ProviderHealth",
+    "ProviderMetrics",
+    "ProviderRegister",
+    "ProviderRegistered",
+    "ProviderStats",
+    "ProviderUpdate",
+    "RateLimits",
+    "Rejection",
+    "Requirements",
+    "RouterError",
+    "RoutingDecision",
+    "SIGNAL_TYPES",
+    "Task",
+    "Usage",
+]

@@ -18,7 +18,7 @@ from router_agent.config import EndpointPolicy
 def endpoint_host(url: str) -> str:
     """The host of a URL, lower-cased, without brackets; '' when there is none."""
     try:
-        return (urlsplit(url).hostname or "").lower()
+        return (urlsplit(url).hostname or "").lower().rstrip(".")
     except ValueError:
         return ""
 
@@ -37,7 +37,8 @@ def check_endpoint(url: str, policy: EndpointPolicy, resolved: list[str] | None 
     del port
     if parts.scheme not in policy.allowed_schemes:
         return f"scheme {parts.scheme!r} is not allowed (allowed: {policy.allowed_schemes})"
-    host = (parts.hostname or "").lower()
+    # "host." is the same host as "host" (fully qualified): compare without the dot.
+    host = (parts.hostname or "").lower().rstrip(".")
     if not host:
         return "the URL has no host"
     if parts.username or parts.password:
