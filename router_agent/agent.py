@@ -27,6 +27,7 @@ The surface, in one place (see ``RouterAgent._handlers``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -204,7 +205,8 @@ class RouterAgent:
             return
         self._stopping = True
         if self._request_sub is not None:
-            await self._request_sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, OSError, RuntimeError):
+                await self._request_sub.unsubscribe()
         if self._request_tasks:
             _, pending = await asyncio.wait(set(self._request_tasks), timeout=self.settings.shutdown_grace_s)
             for task in pending:
@@ -215,12 +217,17 @@ class RouterAgent:
             task.cancel()
         await asyncio.gather(*self._timers, *self._control_tasks, return_exceptions=True)
         await self._publish_cost_report()
-        for sub in self._subscriptions:
-            if sub is not self._request_sub:
-                await sub.unsubscribe()
-        if self.nc.is_connected:
-            await self.nc.flush()
-        await self.http.close()
+        try:
+            for sub in self._subscriptions:
+                if sub is not self._request_sub:
+                    await sub.unsubscribe()
+            if self.nc.is_connected:
+                await self.nc.flush(timeout=2)
+        except (nats.errors.Error, OSError, RuntimeError, asyncio.TimeoutError) as exc:
+            # The bus went away first: the answers are published as far as it allowed.
+            log.warning("bus unavailable while stopping: %s", type(exc).__name__)
+        finally:
+            await self.http.close()
 
     # ------------------------------------------------------------------ providers
 

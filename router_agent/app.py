@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 
@@ -55,7 +55,10 @@ async def run(
     emulator_url: str | None = None,
     announce: Callable[[str], None] = print,
     stop_event: asyncio.Event | None = None,
+    on_ready: Callable[[RouterAgent, str], Awaitable[None]] | None = None,
 ) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop_event``); ``on_ready(agent, nats_url)`` runs once
+    the agent is ready (the demo uses it to send its workload)."""
     embedded: EmbeddedNats | None = None
     emulator: Emulator | None = None
     url = nats_url or os.environ.get("NATS_URL") or config.nats.url
@@ -89,6 +92,8 @@ async def run(
             f"router-agent ready: instance {agent.instance_id} on {url}, "
             f"listening on {agent.subjects.llm_request} (queue group {config.router.queue_group!r})"
         )
+        if on_ready is not None:
+            await on_ready(agent, url)
         await stop.wait()
         announce("router-agent stopping: finishing in-flight requests")
         await agent.stop()

