@@ -50,6 +50,7 @@ from router_agent.core.routing import Deployment, ProviderView, candidate_models
 from router_agent.http import HttpClient
 from router_agent.providers.base import Adapter, ProviderError
 from router_agent.providers.openai import OpenAIAdapter
+from router_agent.telemetry import Tracing
 from router_agent.state import (
     ActiveRequest,
     ModelEntry,
@@ -120,6 +121,7 @@ class RouterAgent:
         http: HttpClient | None = None,
         emulator_url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ):
         self.config = config
         self.settings = config.router
@@ -132,6 +134,7 @@ class RouterAgent:
         self.events = EventFactory(f"router-agent/{self.instance_id}")
         self.state = RouterState()
         self.secrets = SecretStore()
+        self.tracing = tracing or Tracing(config.telemetry)
         self.adapters: dict[str, Adapter] = {"openai": OpenAIAdapter(self.http)}
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.ready = asyncio.Event()
@@ -148,6 +151,7 @@ class RouterAgent:
         self._request_sub = None
         self._timers: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._last_outcome: dict[str, dict[str, str]] = {}
 
         self.state.routing_rules = [
             {"agent": agent_id, "condition": rule.condition, "model": rule.model}
@@ -228,6 +232,7 @@ class RouterAgent:
             log.warning("bus unavailable while stopping: %s", type(exc).__name__)
         finally:
             await self.http.close()
+            self.tracing.shutdown()
 
     # ------------------------------------------------------------------ providers
 
@@ -409,6 +414,9 @@ class RouterAgent:
         self.state.active_requests[active_key] = active
         attempts: list[Attempt] = []
         answered = False
+        span, traceparent = self.tracing.start(
+            "llm_request", traceparent, {"router.agent_id": request.agent_id, "router.request_id": request.request_id}
+        )
         try:
             timeout_s = (request.timeout_ms or self.settings.default_timeout_ms) / 1000
             async with asyncio.timeout(timeout_s):
@@ -435,6 +443,10 @@ class RouterAgent:
                 await self._answer_error(request, reply, traceparent, "internal", "internal router error", True, attempts)
         finally:
             self.state.active_requests.pop(active_key, None)
+            if span is not None:
+                outcome = self._last_outcome.pop(active_key, {})
+                self.tracing.end(span, {**outcome, "router.provider": active.provider, "router.model": active.model,
+                                        "router.attempts": len(attempts)})
 
     async def _route_and_call(
         self,
@@ -592,6 +604,11 @@ class RouterAgent:
     # ------------------------------------------------------------------ answers
 
     async def _answer(self, request: LlmRequest, reply: str, traceparent: str | None, response: LlmResponse) -> None:
+        if self.tracing.enabled:
+            self._last_outcome[f"{request.agent_id}/{request.request_id}"] = {
+                "router.status": response.status,
+                "router.error_code": response.error.code if response.error else "",
+            }
         payload = self.events.encode("llm_response", response)
         headers = {"traceparent": traceparent} if traceparent else None
         if reply:

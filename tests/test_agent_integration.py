@@ -370,3 +370,36 @@ async def test_state_snapshot_validates_against_the_schema(agent, client):
     assert snapshot["model_capabilities"]["claude-3-opus"] == sorted(
         ["code_generation", "architecture_design", "complex_reasoning"]
     )
+
+
+async def test_tracing_makes_the_router_a_child_span_of_the_caller(agents, client, subjects):
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from router_agent.telemetry import Tracing
+
+    exporter = InMemorySpanExporter()
+    harness_config = agents.make_config()
+    import nats
+
+    from router_agent.agent import RouterAgent
+
+    nc = await nats.connect(agents.nats_url)
+    agent = RouterAgent(harness_config, nc, emulator_url=agents.emulator.url,
+                        tracing=Tracing(harness_config.telemetry, SimpleSpanProcessor(exporter)))
+    await agent.start()
+    agents.agents.append(agent)
+    stream = await client.collect(subjects.llm_response("tester"))
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    request = client.new_request(model="gpt-4-turbo")
+    response = await client.ask(request, headers={"traceparent": f"00-{trace_id}-{caller_span}-01"})
+    assert response.status == "ok"
+    await stream.wait_for(lambda r: r.request_id == request.request_id)
+
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert format(span.parent.span_id, "016x") == caller_span
+    assert span.attributes["router.provider"] == "openai"
+    assert span.attributes["router.status"] == "ok"
+    sent = stream.items[-1][2]["traceparent"]
+    assert sent == f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
