@@ -151,7 +151,6 @@ class RouterAgent:
         self._request_sub = None
         self._timers: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._last_outcome: dict[str, dict[str, str]] = {}
 
         self.state.routing_rules = [
             {"agent": agent_id, "condition": rule.condition, "model": rule.model}
@@ -413,40 +412,40 @@ class RouterAgent:
         )
         self.state.active_requests[active_key] = active
         attempts: list[Attempt] = []
-        answered = False
+        response: LlmResponse | None = None
         span, traceparent = self.tracing.start(
             "llm_request", traceparent, {"router.agent_id": request.agent_id, "router.request_id": request.request_id}
         )
+        timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
         try:
-            timeout_s = (request.timeout_ms or self.settings.default_timeout_ms) / 1000
-            async with asyncio.timeout(timeout_s):
-                answered = await self._route_and_call(request, reply, traceparent, started, active, attempts)
+            async with asyncio.timeout(timeout_ms / 1000):
+                response = await self._route_and_call(request, reply, traceparent, started, active, attempts)
         except TimeoutError:
-            if not answered:
-                answered = True
-                await self._answer_error(
-                    request, reply, traceparent, "timeout",
-                    f"no answer within {request.timeout_ms or self.settings.default_timeout_ms} ms", True, attempts,
-                )
+            response = await self._answer_error(
+                request, reply, traceparent, "timeout", f"no answer within {timeout_ms} ms", True, attempts
+            )
         except asyncio.CancelledError:
-            if not answered:
-                answered = True
-                await self._answer_error(
+            if response is None:
+                response = await self._answer_error(
                     request, reply, traceparent, "shutting_down",
                     "router stopped before the provider answered", True, attempts,
                 )
             raise
         except Exception:
             log.exception("request %s failed unexpectedly", _short(request.request_id))
-            if not answered:
-                answered = True
-                await self._answer_error(request, reply, traceparent, "internal", "internal router error", True, attempts)
+            response = await self._answer_error(
+                request, reply, traceparent, "internal", "internal router error", True, attempts
+            )
         finally:
             self.state.active_requests.pop(active_key, None)
             if span is not None:
-                outcome = self._last_outcome.pop(active_key, {})
-                self.tracing.end(span, {**outcome, "router.provider": active.provider, "router.model": active.model,
-                                        "router.attempts": len(attempts)})
+                self.tracing.end(span, {
+                    "router.status": response.status if response else "error",
+                    "router.error_code": response.error.code if response and response.error else "",
+                    "router.provider": active.provider,
+                    "router.model": active.model,
+                    "router.attempts": len(attempts),
+                })
 
     async def _route_and_call(
         self,
@@ -456,7 +455,7 @@ class RouterAgent:
         started: float,
         active: ActiveRequest,
         attempts: list[Attempt],
-    ) -> bool:
+    ) -> LlmResponse:
         agent_cfg = self.config.agents.get(request.agent_id)
         models, why = candidate_models(
             request,
@@ -491,8 +490,7 @@ class RouterAgent:
         )
         if not ordered:
             detail = why if not deployments else decision.reason
-            await self._answer_error(request, reply, traceparent, "no_candidates", detail, False, attempts)
-            return True
+            return await self._answer_error(request, reply, traceparent, "no_candidates", detail, False, attempts)
 
         last_error: ProviderError | None = None
         for dep in ordered:
@@ -536,31 +534,28 @@ class RouterAgent:
             self._record_success(request.agent_id, dep, latency, completion.input_tokens,
                                  completion.output_tokens, cost, breaker)
             attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="ok", latency_ms=round(latency, 3)))
-            await self._answer(
-                request, reply, traceparent,
-                LlmResponse(
-                    request_id=request.request_id,
-                    agent_id=request.agent_id,
-                    status="ok",
-                    message=AssistantMessage(content=completion.content),
-                    model=dep.model,
-                    provider=dep.provider,
-                    emulated=entry.emulated,
-                    finish_reason=completion.finish_reason,
-                    usage=Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),
-                    cost_usd=round(cost, 10),
-                    latency_ms=round((self.clock() - started) * 1000, 3),
-                    attempts=attempts,
-                ),
+            response = LlmResponse(
+                request_id=request.request_id,
+                agent_id=request.agent_id,
+                status="ok",
+                message=AssistantMessage(content=completion.content),
+                model=dep.model,
+                provider=dep.provider,
+                emulated=entry.emulated,
+                finish_reason=completion.finish_reason,
+                usage=Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),
+                cost_usd=round(cost, 10),
+                latency_ms=round((self.clock() - started) * 1000, 3),
+                attempts=attempts,
             )
-            return True
+            await self._answer(request, reply, traceparent, response)
+            return response
 
         if last_error is not None and not last_error.retryable:
             code, message, retryable = last_error.code, last_error.message, False
         else:
             code, message, retryable = "all_providers_failed", f"{len(attempts)} attempt(s) failed", True
-        await self._answer_error(request, reply, traceparent, code, message, retryable, attempts)
-        return True
+        return await self._answer_error(request, reply, traceparent, code, message, retryable, attempts)
 
     def _record_success(
         self, agent_id: str, dep: Deployment, latency_ms: float, tokens_in: int, tokens_out: int,
@@ -604,11 +599,6 @@ class RouterAgent:
     # ------------------------------------------------------------------ answers
 
     async def _answer(self, request: LlmRequest, reply: str, traceparent: str | None, response: LlmResponse) -> None:
-        if self.tracing.enabled:
-            self._last_outcome[f"{request.agent_id}/{request.request_id}"] = {
-                "router.status": response.status,
-                "router.error_code": response.error.code if response.error else "",
-            }
         payload = self.events.encode("llm_response", response)
         headers = {"traceparent": traceparent} if traceparent else None
         if reply:
@@ -618,17 +608,19 @@ class RouterAgent:
     async def _answer_error(
         self, request: LlmRequest, reply: str, traceparent: str | None, code: ErrorCode, message: str,
         retryable: bool, attempts: list[Attempt],
-    ) -> None:
+    ) -> LlmResponse:
         metrics = self.state.metrics
         metrics.failed += 1
         metrics.errors_by_code[code] = metrics.errors_by_code.get(code, 0) + 1
-        await self._answer(request, reply, traceparent, LlmResponse(
+        response = LlmResponse(
             request_id=request.request_id,
             agent_id=request.agent_id,
             status="error",
             attempts=attempts,
             error=ErrorInfo(code=code, message=message, retryable=retryable),
-        ))
+        )
+        await self._answer(request, reply, traceparent, response)
+        return response
 
     async def _reject_request(self, msg: Msg, exc: SignalError) -> None:
         """Bad llm_request input: a typed error answer, counted, and the agent goes on."""
