@@ -30,7 +30,9 @@ class HttpClient:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                # No timers of its own: the agent's per-request deadline bounds every call,
+                # and a second timer per request cost memory and CPU on the hot path.
+                timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
             )

@@ -12,6 +12,7 @@ dump can never contain one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -64,7 +65,11 @@ class ProviderState(BaseModel):
     cost_usd: float = 0.0
 
 
-class ActiveRequest(BaseModel):
+@dataclass(slots=True)
+class ActiveRequest:
+    """One request in flight. A slots dataclass, not a BaseModel: one is made per request
+    and lives for its whole wait (pydantic validates it when the state is dumped)."""
+
     request_id: str
     agent_id: str
     started: float

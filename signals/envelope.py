@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import time
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
@@ -89,8 +90,19 @@ class EventFactory:
         return _encoder.encode(event)
 
 
+_last_ms = -1
+_last_iso = ""
+
+
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC time to the millisecond; formatted once per millisecond (every event needs it)."""
+    global _last_ms, _last_iso
+    now_ms = time.time_ns() // 1_000_000
+    if now_ms != _last_ms:
+        seconds, millis = divmod(now_ms, 1000)
+        _last_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+        _last_ms = now_ms
+    return _last_iso
 
 
 def encode_event(signal: str, data: Any, source: str = "client", event_id: str | None = None) -> bytes:
