@@ -207,17 +207,22 @@ class RouterAgent:
         if self._stopping:
             return
         self._stopping = True
+        # Drain, not unsubscribe: the server stops sending us requests at once (the queue
+        # group gives new ones to other instances), and messages nats-py already buffered
+        # still get a shutting_down answer instead of vanishing. The drain finishes only
+        # after the grace period, because a buffered message may be waiting for a slot.
+        drained = None
         if self._request_sub is not None:
-            # drain, not unsubscribe: messages nats-py already buffered for us still get
-            # their (shutting_down) answer instead of vanishing.
-            with contextlib.suppress(nats.errors.Error, OSError, RuntimeError):
-                await self._request_sub.drain()
+            drained = asyncio.ensure_future(self._request_sub.drain())
         if self._request_tasks:
             _, pending = await asyncio.wait(set(self._request_tasks), timeout=self.settings.shutdown_grace_s)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if drained is not None:
+            with contextlib.suppress(nats.errors.Error, OSError, RuntimeError):
+                await drained
         for task in [*self._timers, *self._control_tasks]:
             task.cancel()
         await asyncio.gather(*self._timers, *self._control_tasks, return_exceptions=True)

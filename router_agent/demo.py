@@ -1,4 +1,4 @@
-"""``make run``: the agent on an embedded nats-server with emulated providers, and a short
+"""``python3 dev.py run``: the agent on an embedded nats-server with emulated providers, and a short
 demo workload sent over the bus the way any other agent would send it.
 
 After the workload the agent keeps running; the last lines print the exact commands to

@@ -403,3 +403,24 @@ async def test_tracing_makes_the_router_a_child_span_of_the_caller(agents, clien
     assert span.attributes["router.status"] == "ok"
     sent = stream.items[-1][2]["traceparent"]
     assert sent == f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
+
+
+async def test_stop_answers_requests_still_queued_behind_the_concurrency_bound(agents, client):
+    from router_agent.emulator import start_emulator
+
+    agent = await agents.start({"router": {"max_concurrent_requests": 1, "shutdown_grace_s": 0}})
+    slow = await start_emulator(latency_ms=5000)
+    try:
+        answer = await client.control("provider_register", register_msg("queue", slow.url, "queued-model"))
+        assert answer.accepted
+        pending = [asyncio.create_task(client.ask(client.new_request(model="queued-model"))) for _ in range(4)]
+        async with asyncio.timeout(5):  # one runs, the others wait for the slot or in the buffer
+            while len(agent.state.active_requests) < 1:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        await agent.stop()
+        responses = await asyncio.gather(*pending)
+        outcomes = [(r.status, r.error.code if r.error else r.provider) for r in responses]
+        assert outcomes == [("error", "shutting_down")] * 4, outcomes
+    finally:
+        await slow.close()

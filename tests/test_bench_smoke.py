@@ -1,7 +1,7 @@
 """The benchmark harness runs end to end: ``python -m bench --quick`` against real processes.
 
 This checks that every scenario runs and reports sane numbers; it asserts nothing about
-speed (figures on a shared CI machine mean little, and goals are for ``make bench``).
+speed (figures on a shared CI machine mean little, and goals are for ``python3 dev.py bench``).
 """
 
 from __future__ import annotations
