@@ -25,9 +25,9 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_LOG", "ERROR")
 
-import psutil  # noqa: E402
+import psutil
 
-from bench.load import (  # noqa: E402
+from bench.load import (
     MODEL,
     PROMPT,
     UPSTREAM_MODEL_ID,

@@ -33,7 +33,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -50,7 +50,6 @@ from router_agent.core.routing import Deployment, ProviderView, candidate_models
 from router_agent.http import HttpClient
 from router_agent.providers.base import Adapter, ProviderError
 from router_agent.providers.openai import OpenAIAdapter
-from router_agent.telemetry import Tracing
 from router_agent.state import (
     ActiveRequest,
     ModelEntry,
@@ -60,6 +59,7 @@ from router_agent.state import (
     RouterState,
     SecretStore,
 )
+from router_agent.telemetry import Tracing
 from signals import (
     AssistantMessage,
     Attempt,
@@ -136,7 +136,7 @@ class RouterAgent:
         self.secrets = SecretStore()
         self.tracing = tracing or Tracing(config.telemetry)
         self.adapters: dict[str, Adapter] = {"openai": OpenAIAdapter(self.http)}
-        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.ready = asyncio.Event()
 
         self._deployments_by_model: dict[str, list[Deployment]] = {}
@@ -233,7 +233,7 @@ class RouterAgent:
                     await sub.unsubscribe()
             if self.nc.is_connected:
                 await self.nc.flush(timeout=2)
-        except (nats.errors.Error, OSError, RuntimeError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error, OSError, RuntimeError) as exc:
             # The bus went away first: the answers are published as far as it allowed.
             log.warning("bus unavailable while stopping: %s", type(exc).__name__)
         finally:

@@ -7,7 +7,6 @@ for ``router-agent run`` without a URL, for the tests and for the benchmarks.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -74,7 +73,7 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 10.0) -> "EmbeddedNats":
+    def start(self, timeout_s: float = 10.0) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
@@ -89,7 +88,8 @@ class EmbeddedNats:
         # the server, instead of killing the bus under in-flight requests. The parent-death
         # signal stops it if the agent itself is killed.
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call, before any threads matter
         )
         log.close()
         deadline = time.monotonic() + timeout_s
@@ -117,7 +117,7 @@ class EmbeddedNats:
                 self.process.wait()
         self.process = None
 
-    def __enter__(self) -> "EmbeddedNats":
+    def __enter__(self) -> EmbeddedNats:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -171,7 +171,7 @@ async def connect(url: str, cfg: NatsConfig, name: str, initial_attempts: int = 
             allow_reconnect=True,
             **options,
         )
-    except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise BusError(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}") from None
     # A bounded first connection fails fast with a clear message; once connected, a lost
     # server is waited for indefinitely (nats-py reads this option on every reconnect).

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import yaml
 
 import signals as sig
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def bus(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--nats-url", default=None, help="NATS URL (default: $NATS_URL or %s)" % DEFAULT_NATS_URL)
+        p.add_argument("--nats-url", default=None, help=f"NATS URL (default: $NATS_URL or {DEFAULT_NATS_URL})")
         p.add_argument("--prefix", default="", help="subject prefix, when the router uses one")
 
     run = sub.add_parser("run", help="run the router agent")
@@ -188,18 +189,18 @@ async def _request_async(args: argparse.Namespace, request: sig.LlmRequest) -> i
             subjects.llm_request, sig.encode_event("llm_request", request, source="router-agent-cli"),
             timeout=args.timeout,
         )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print(f"router-agent: no answer within {args.timeout}s (is a router running?)", file=sys.stderr)
         await nc.close()
         return 2
-    except Exception as exc:  # nats-py raises NoRespondersError and friends
+    except (nats.errors.Error, OSError) as exc:  # NoRespondersError and friends
         print(f"router-agent: request failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         await nc.close()
         return 2
     response: sig.LlmResponse = sig.decode_data(reply.data, "llm_response")
     try:
         decision = await asyncio.wait_for(decisions.get(), 1.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         decision = None
     await nc.close()
     if args.json:
@@ -263,7 +264,7 @@ async def _register_async(args: argparse.Namespace, register: sig.ProviderRegist
             subjects.provider_register, sig.encode_event("provider_register", register, source="router-agent-cli"),
             timeout=args.timeout,
         )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print(f"router-agent: no answer within {args.timeout}s (is a router running?)", file=sys.stderr)
         return 2
     finally:
@@ -308,7 +309,7 @@ async def _watch_async(args: argparse.Namespace, names: list[str]) -> int:
     print(f"watching {', '.join(names)} on {_bus_url(args)}", file=sys.stderr, flush=True)
     try:
         await asyncio.wait_for(done.wait(), args.timeout or None)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     finally:
         await nc.close()

@@ -123,7 +123,7 @@ class RoutingConfig(_Strict):
     global_overrides: dict[str, Any] = {}
 
     @model_validator(mode="after")
-    def _known_default(self) -> "RoutingConfig":
+    def _known_default(self) -> RoutingConfig:
         if self.default_strategy not in self.strategies:
             raise ValueError(
                 f"default_strategy {self.default_strategy!r} is not one of the strategies "
@@ -186,7 +186,7 @@ class EndpointPolicy(_Strict):
     denied_networks: list[str] = ["169.254.0.0/16", "fe80::/10"]
 
     @model_validator(mode="after")
-    def _networks_parse(self) -> "EndpointPolicy":
+    def _networks_parse(self) -> EndpointPolicy:
         for net in [*self.allowed_networks, *self.denied_networks]:
             try:
                 ipaddress.ip_network(net, strict=False)
@@ -233,7 +233,7 @@ class Config(_Strict):
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
-    def _references_resolve(self) -> "Config":
+    def _references_resolve(self) -> Config:
         problems: list[tuple[str, str]] = []
         for name, model in self.models.items():
             if model.provider not in self.providers:

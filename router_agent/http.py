@@ -17,7 +17,7 @@ import aiohttp
 class HttpResult:
     status: int
     body: bytes
-    headers: "aiohttp.typedefs.LooseHeaders"
+    headers: aiohttp.typedefs.LooseHeaders
 
 
 class HttpClient:

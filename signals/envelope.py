@@ -15,7 +15,7 @@ import itertools
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -76,7 +76,7 @@ class EventFactory:
 
     def __init__(self, source: str):
         self.source = source
-        self._prefix = f"{os.getpid():x}{int(datetime.now(timezone.utc).timestamp() * 1000):x}-"
+        self._prefix = f"{os.getpid():x}{int(datetime.now(UTC).timestamp() * 1000):x}-"
         self._ids = itertools.count(1)
 
     def encode(self, signal: str, data: Any) -> bytes:

@@ -333,6 +333,7 @@ SIGNAL_TYPES: dict[str, type[Struct]] = {
 }
 
 __all__ = [
+    "SIGNAL_TYPES",
     "AssistantMessage",
     "Attempt",
     "Candidate",
@@ -359,7 +360,6 @@ __all__ = [
     "Requirements",
     "RouterError",
     "RoutingDecision",
-    "SIGNAL_TYPES",
     "Task",
     "Usage",
 ]

@@ -39,7 +39,7 @@ def _docker_available() -> bool:
         import docker
 
         docker.from_env().ping()
-    except Exception:  # any failure to reach an engine means "no Docker here"
+    except Exception:  # noqa: BLE001 - any failure to reach an engine means "no Docker here"
         return False
     return True
 
@@ -185,7 +185,7 @@ class Client:
         msg = await self.nc.request(subject, sig.encode_event(signal, data), timeout=timeout)
         return decode_any(msg.data)
 
-    async def collect(self, subject: str) -> "Collector":
+    async def collect(self, subject: str) -> Collector:
         collector = Collector()
         await self.nc.subscribe(subject, cb=collector.on_message)
         await sync_subscriptions(self.nc)

@@ -34,7 +34,7 @@ async def test_request_reply_is_routed_to_the_emulator_and_explained(agent, clie
     assert response.request_id == request.request_id
     assert response.emulated is True
     assert response.provider and response.model in {"claude-3-opus", "gpt-4-turbo", "llama-3-70b"}
-    assert response.message is not None and f"[emulated " in response.message.content
+    assert response.message is not None and "[emulated " in response.message.content
     assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
     assert [a.outcome for a in response.attempts] == ["ok"]
     decision = await decisions.wait_for(lambda d: d.request_id == request.request_id)
