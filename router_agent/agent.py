@@ -137,7 +137,6 @@ class RouterAgent:
         self.tracing = tracing or Tracing(config.telemetry)
         self.adapters: dict[str, Adapter] = {"openai": OpenAIAdapter(self.http)}
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self.ready = asyncio.Event()
 
         self._deployments_by_model: dict[str, list[Deployment]] = {}
         self._model_names: list[str] = []
@@ -200,7 +199,6 @@ class RouterAgent:
             asyncio.create_task(self._every(self.settings.metrics_interval_s, self._publish_metrics)),
             asyncio.create_task(self._every(self.settings.cost_report_interval_s, self._publish_cost_report)),
         ]
-        self.ready.set()
 
     async def stop(self) -> None:
         """Stop taking requests, finish (or fail, with an answer) in-flight ones, drain."""
