@@ -4,11 +4,14 @@ to the emulator. Nothing here mocks the agent, the bus or the provider."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 
 import signals as sig
+from router_agent.emulator import start_emulator
 from tests.conftest import BROKEN_MODEL, LIMITED_MODEL
 
 pytestmark = pytest.mark.integration
@@ -21,6 +24,18 @@ def register_msg(provider: str, base_url: str, *models: str | tuple[str, str], *
         specs.append(sig.ModelSpec(name=name, model_id=model_id, capabilities=["general_reasoning"],
                                    cost_per_1k_tokens=sig.ModelPrice(input=0.001, output=0.002)))
     return sig.ProviderRegister(provider=provider, base_url=base_url, models=specs, **fields)
+
+
+@contextlib.asynccontextmanager
+async def slow_provider(client, provider: str, model: str, latency_ms: int) -> AsyncIterator[None]:
+    """A provider registered at its own emulator that answers after ``latency_ms``."""
+    slow = await start_emulator(latency_ms=latency_ms)
+    try:
+        answer = await client.control("provider_register", register_msg(provider, slow.url, model))
+        assert answer.accepted, answer.errors
+        yield
+    finally:
+        await slow.close()
 
 
 async def test_request_reply_is_routed_to_the_emulator_and_explained(agent, client, subjects):
@@ -276,37 +291,23 @@ async def test_timeout_answers_with_a_typed_error(agents, client, emulator):
     assert answer.accepted
     # The emulator honours a per-request latency header; the router sends none, so make the
     # provider slow by registering it at a second emulator with high latency.
-    from router_agent.emulator import start_emulator
-
-    slow = await start_emulator(latency_ms=2000)
-    try:
-        answer = await client.control("provider_register", register_msg("slowest", slow.url, "very-slow"))
-        assert answer.accepted
+    async with slow_provider(client, "slowest", "very-slow", latency_ms=2000):
         response = await client.ask(client.new_request(model="very-slow", timeout_ms=100))
         assert response.status == "error"
         assert response.error.code == "timeout" and response.error.retryable
         assert response.attempts and response.attempts[0].provider == "slowest"
         assert agent.state.active_requests == {}
-    finally:
-        await slow.close()
 
 
 async def test_duplicate_request_id_in_flight_is_refused(agents, client):
-    from router_agent.emulator import start_emulator
-
     agent = await agents.start()
-    slow = await start_emulator(latency_ms=500)
-    try:
-        answer = await client.control("provider_register", register_msg("slowish", slow.url, "slowish-model"))
-        assert answer.accepted
+    async with slow_provider(client, "slowish", "slowish-model", latency_ms=500):
         request = client.new_request(model="slowish-model", request_id="same-id")
         first, second = await asyncio.gather(client.ask(request), client.ask(request))
         statuses = sorted([first.status, second.status])
         assert statuses == ["error", "ok"]
         refused = first if first.status == "error" else second
         assert refused.error.code == "invalid_request" and "already in flight" in refused.error.message
-    finally:
-        await slow.close()
     assert agent.state.active_requests == {}
 
 
@@ -322,13 +323,8 @@ async def test_two_instances_share_requests_through_the_queue_group(agents, clie
 
 
 async def test_graceful_stop_answers_in_flight_requests(agents, client):
-    from router_agent.emulator import start_emulator
-
     agent = await agents.start()
-    slow = await start_emulator(latency_ms=300)
-    try:
-        answer = await client.control("provider_register", register_msg("patient", slow.url, "patient-model"))
-        assert answer.accepted
+    async with slow_provider(client, "patient", "patient-model", latency_ms=300):
         pending = [asyncio.create_task(client.ask(client.new_request(model="patient-model"))) for _ in range(5)]
         async with asyncio.timeout(5):
             while len(agent.state.active_requests) < 5:
@@ -336,18 +332,11 @@ async def test_graceful_stop_answers_in_flight_requests(agents, client):
         await agent.stop()
         responses = await asyncio.gather(*pending)
         assert [r.status for r in responses] == ["ok"] * 5
-    finally:
-        await slow.close()
 
 
 async def test_stop_past_the_grace_period_still_answers_every_request(agents, client):
-    from router_agent.emulator import start_emulator
-
     agent = await agents.start({"router": {"shutdown_grace_s": 0}})
-    slow = await start_emulator(latency_ms=5000)
-    try:
-        answer = await client.control("provider_register", register_msg("glacial", slow.url, "glacial-model"))
-        assert answer.accepted
+    async with slow_provider(client, "glacial", "glacial-model", latency_ms=5000):
         pending = [asyncio.create_task(client.ask(client.new_request(model="glacial-model"))) for _ in range(3)]
         async with asyncio.timeout(5):
             while len(agent.state.active_requests) < 3:
@@ -355,8 +344,6 @@ async def test_stop_past_the_grace_period_still_answers_every_request(agents, cl
         await agent.stop()
         responses = await asyncio.gather(*pending)
         assert [(r.status, r.error.code) for r in responses] == [("error", "shutting_down")] * 3
-    finally:
-        await slow.close()
 
 
 async def test_state_snapshot_validates_against_the_schema(agent, client):
@@ -406,13 +393,8 @@ async def test_tracing_makes_the_router_a_child_span_of_the_caller(agents, clien
 
 
 async def test_stop_answers_requests_still_queued_behind_the_concurrency_bound(agents, client):
-    from router_agent.emulator import start_emulator
-
     agent = await agents.start({"router": {"max_concurrent_requests": 1, "shutdown_grace_s": 0}})
-    slow = await start_emulator(latency_ms=5000)
-    try:
-        answer = await client.control("provider_register", register_msg("queue", slow.url, "queued-model"))
-        assert answer.accepted
+    async with slow_provider(client, "queue", "queued-model", latency_ms=5000):
         pending = [asyncio.create_task(client.ask(client.new_request(model="queued-model"))) for _ in range(4)]
         async with asyncio.timeout(5):  # one runs, the others wait for the slot or in the buffer
             while len(agent.state.active_requests) < 1:
@@ -422,5 +404,3 @@ async def test_stop_answers_requests_still_queued_behind_the_concurrency_bound(a
         responses = await asyncio.gather(*pending)
         outcomes = [(r.status, r.error.code if r.error else r.provider) for r in responses]
         assert outcomes == [("error", "shutting_down")] * 4, outcomes
-    finally:
-        await slow.close()
