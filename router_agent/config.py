@@ -19,6 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from router_agent.core.routing import STRATEGIES
+from signals import ProviderApi
+
 BUNDLED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 BASE_FILES = ("models.yaml", "agents.yaml", "routing.yaml", "router.yaml")
 ENV_VARIABLE = "ROUTER_ENV"
@@ -54,7 +57,7 @@ class RateLimitConfig(_Strict):
 
 
 class ProviderConfig(_Strict):
-    api: Literal["openai", "anthropic", "gemini"] = "openai"
+    api: ProviderApi = "openai"
     type: Literal["cloud", "local"] = "cloud"
     base_url: str | None = None
     api_key_env: str | None = None
@@ -129,6 +132,12 @@ class RoutingConfig(_Strict):
                 f"default_strategy {self.default_strategy!r} is not one of the strategies "
                 f"{sorted(self.strategies)}"
             )
+        if self.default_strategy not in STRATEGIES:
+            # Accepting it and routing round robin anyway would be a silent lie.
+            raise ValueError(
+                f"default_strategy {self.default_strategy!r} is not implemented by the routing "
+                f"engine yet (implemented: {list(STRATEGIES)})"
+            )
         return self
 
 
@@ -147,6 +156,9 @@ class RouterSettings(_Strict):
     max_concurrent_requests: int = Field(10_000, ge=1)
     max_payload_bytes: int = Field(1_048_576, ge=1024)
     default_timeout_ms: int = Field(60_000, ge=1)
+    """A request's deadline when it sets no ``timeout_ms``: bounds its whole attempt chain."""
+    default_provider_timeout_ms: int = Field(60_000, ge=1)
+    """An attempt's timeout for a runtime provider that sets no ``timeout_ms``."""
     max_attempts: int = Field(3, ge=1, le=10)
     metrics_interval_s: float = Field(10.0, gt=0)
     cost_report_interval_s: float = Field(30.0, gt=0)
@@ -259,12 +271,6 @@ class Config(_Strict):
         if problems:
             raise UnresolvedReferences(problems)
         return self
-
-    def resolve_model(self, name: str) -> str | None:
-        """A model name or alias -> the model name, or None."""
-        if name in self.models:
-            return name
-        return self.aliases.get(name)
 
 
 # --------------------------------------------------------------------------- loading

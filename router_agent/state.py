@@ -6,6 +6,10 @@ Field names follow the design (``providers``, ``provider_states``, ``model_capab
 boundary (built from config, changed by a control signal, dumped as a snapshot); the
 per-request counters are plain attribute and dict updates, not re-validated every time.
 
+Composite keys are tuples in memory (``(provider, model)``, ``(agent_id, request_id)``).
+JSON has no tuple keys, so a snapshot nests them (``{provider: {model: ...}}``) and a
+restore accepts that nesting back: no separator that an identifier might contain.
+
 Secrets are not part of the state: API keys live in ``SecretStore`` beside it, so a state
 dump can never contain one.
 """
@@ -13,26 +17,12 @@ dump can never contain one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer, field_validator
 
 from router_agent.core.breaker import Breaker
-
-
-class ModelEntry(BaseModel):
-    """A model as one provider serves it."""
-
-    model_id: str
-    type: Literal["cloud", "local"]
-    base_url: str
-    capabilities: list[str] = []
-    price_in: float = Field(0.0, ge=0)
-    price_out: float = Field(0.0, ge=0)
-    context_window: int | None = None
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    enabled: bool = True
+from router_agent.core.model import Deployment
 
 
 class ProviderEntry(BaseModel):
@@ -42,10 +32,10 @@ class ProviderEntry(BaseModel):
     api: str
     type: Literal["cloud", "local"]
     base_url: str
-    models: dict[str, ModelEntry]
+    models: dict[str, Deployment]
     weight: float = Field(1.0, ge=0)
     enabled: bool = True
-    timeout_ms: int = 60_000
+    timeout_ms: int = Field(60_000, ge=1)
     emulated: bool = False
     emulated_reason: str = ""
     has_key: bool = False
@@ -57,12 +47,16 @@ class ProviderState(BaseModel):
     health_detail: str = ""
     in_flight: int = 0
     requests: int = 0
+    """Attempts the provider answered or failed; abandoned ones (the caller's deadline,
+    a shutdown) are not the provider's doing and are not counted."""
     successes: int = 0
     failures: int = 0
     latency_ms_total: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    model_latency_ms: dict[str, float] = {}
+    """Observed latency by model: an exponentially weighted average of successful attempts."""
 
 
 @dataclass(slots=True)
@@ -78,11 +72,17 @@ class ActiveRequest:
 
 
 class Metrics(BaseModel):
+    """Counters of this instance. Invariant: total_requests == completed + failed + in_flight,
+    whatever path a request took. Input that never decoded into a request is counted in
+    ``invalid_inputs`` only; the agent's own bugs in ``internal_errors``."""
+
     total_requests: int = 0
     completed: int = 0
     failed: int = 0
+    in_flight: int = 0
     invalid_inputs: int = 0
     invalid_by_code: dict[str, int] = {}
+    internal_errors: int = 0
     errors_by_code: dict[str, int] = {}
     requests_by_provider: dict[str, int] = {}
     avg_latency_by_provider: dict[str, float] = {}
@@ -103,16 +103,42 @@ class RateLimiter(BaseModel):
     tokens_per_minute: int | None = None
 
 
+def _nest(table: dict[tuple[str, str], Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for (outer, inner), value in table.items():
+        nested.setdefault(outer, {})[inner] = value
+    return nested
+
+
+def _unnest(value: Any) -> Any:
+    """Accept ``{outer: {inner: v}}`` (a snapshot) as well as tuple keys (in memory)."""
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        return {(outer, inner): v for outer, table in value.items() for inner, v in table.items()}
+    return value
+
+
 class RouterState(BaseModel):
     providers: dict[str, ProviderEntry] = {}
     provider_states: dict[str, ProviderState] = {}
     model_capabilities: dict[str, list[str]] = {}
     routing_rules: list[dict[str, str]] = []
-    active_requests: dict[str, ActiveRequest] = {}
+    active_requests: dict[tuple[str, str], ActiveRequest] = {}
+    """By ``(agent_id, request_id)``."""
     metrics: Metrics = Metrics()
     load_balancing: LoadBalancing = LoadBalancing()
-    circuit_breakers: dict[str, Breaker] = {}
-    rate_limiters: dict[str, RateLimiter] = {}
+    circuit_breakers: dict[tuple[str, str], Breaker] = {}
+    """By ``(provider, model)``."""
+    rate_limiters: dict[tuple[str, str], RateLimiter] = {}
+    """By ``(provider, model)``."""
+
+    @field_validator("active_requests", "circuit_breakers", "rate_limiters", mode="before")
+    @classmethod
+    def _tuple_keys(cls, value: Any) -> Any:
+        return _unnest(value)
+
+    @field_serializer("active_requests", "circuit_breakers", "rate_limiters", when_used="json")
+    def _nested_keys(self, table: dict[tuple[str, str], Any]) -> dict[str, dict[str, Any]]:
+        return _nest(table)
 
 
 class SecretStore:
@@ -129,9 +155,6 @@ class SecretStore:
 
     def get(self, provider: str) -> str | None:
         return self._keys.get(provider)
-
-    def values(self) -> list[str]:
-        return list(self._keys.values())
 
     def __repr__(self) -> str:
         return f"SecretStore({len(self._keys)} keys)"

@@ -20,6 +20,10 @@ from msgspec import Meta, Struct
 Identifier = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
 """An id chosen by a caller or operator: request ids, agent ids, provider and model names."""
 
+ProviderApi = Literal["openai", "anthropic", "gemini"]
+"""Wire formats the contract knows; ``openai`` covers vLLM, llama.cpp, LM Studio and Ollama's
+OpenAI-compatible endpoint. The router says which it has an adapter for."""
+
 NonNegative = Annotated[float, Meta(ge=0)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 
@@ -100,6 +104,8 @@ class Requirements(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fiel
     capabilities: list[str] = []
     max_cost_usd: NonNegative | None = None
     max_latency_ms: Annotated[int, Meta(ge=1)] | None = None
+    """Removes deployments whose observed latency (an average of their successful
+    attempts) is above it; a deployment not yet observed is kept."""
     model_type: Literal["cloud", "local"] | None = None
 
 
@@ -115,6 +121,8 @@ class LlmRequest(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields
     task: Task = msgspec.field(default_factory=Task)
     requirements: Requirements = msgspec.field(default_factory=Requirements)
     stream: bool = False
+    """Streaming is not supported yet: the answer comes as one final ``llm_response``
+    carrying a warning that says so."""
     timeout_ms: Annotated[int, Meta(ge=1, le=3_600_000)] | None = None
     metadata: dict[str, str] = {}
 
@@ -184,6 +192,9 @@ class LlmResponse(Struct, kw_only=True, omit_defaults=True):
     latency_ms: float = 0.0
     attempts: list[Attempt] = []
     error: ErrorInfo | None = None
+    warnings: list[str] = []
+    """Things the caller asked for that this answer does not do as asked (for example
+    ``stream: true`` before streaming lands: the answer comes as one final message)."""
 
 
 # --------------------------------------------------------------------------- providers
@@ -216,8 +227,9 @@ class ProviderRegister(Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     """Adds a provider (and its models) at run time."""
 
     provider: Identifier
-    api: Literal["openai"] = "openai"
-    """Wire format spoken by the endpoint; ``openai`` covers vLLM, llama.cpp and Ollama."""
+    api: ProviderApi = "openai"
+    """Wire format spoken by the endpoint; a router without an adapter for it refuses the
+    registration (``invalid_provider_config``)."""
     base_url: Annotated[str, Meta(min_length=1, max_length=2048)]
     type: Literal["cloud", "local"] = "local"
     models: Annotated[list[ModelSpec], Meta(min_length=1)]
@@ -227,8 +239,12 @@ class ProviderRegister(Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     api_key: str | None = None
     """A raw key: accepted only where config allows it; never echoed or stored in dumps."""
     weight: Annotated[float, Meta(ge=0)] = 1.0
+    """Share of first choices relative to the other candidates of a request (round robin is
+    weighted by it); 0 makes the provider a fallback only."""
     enabled: bool = True
     timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+    """One attempt's timeout; when it passes, the attempt counts as the provider's failure
+    and the request moves on to its next candidate (the request's deadline still bounds it)."""
 
 
 class ProviderRegistered(Struct, kw_only=True, omit_defaults=True):
@@ -255,7 +271,11 @@ class ProviderUpdate(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fi
     provider: Identifier
     enabled: bool | None = None
     weight: Annotated[float, Meta(ge=0)] | None = None
+    """Share of first choices relative to the other candidates of a request (round robin is
+    weighted by it); 0 makes the provider a fallback only."""
     timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+    """One attempt's timeout; when it passes, the attempt counts as the provider's failure
+    and the request moves on to its next candidate (the request's deadline still bounds it)."""
     models: list[ModelUpdate] = []
 
 
@@ -349,6 +369,7 @@ __all__ = [
     "ModelSpec",
     "ModelUpdate",
     "Params",
+    "ProviderApi",
     "ProviderHealth",
     "ProviderMetrics",
     "ProviderRegister",

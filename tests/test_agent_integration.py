@@ -129,7 +129,7 @@ async def test_runtime_registered_provider_serves_the_next_request(agent, client
     assert response.status == "ok", response.error
     assert (response.provider, response.model) == ("vllm-a", "mistral-7b")
     assert agent.state.providers["vllm-a"].source == "runtime"
-    assert "vllm-a/mistral-7b" in agent.state.circuit_breakers
+    assert ("vllm-a", "mistral-7b") in agent.state.circuit_breakers
 
 
 async def test_registration_is_refused_when_the_endpoint_does_not_answer(agent, client):
@@ -186,8 +186,8 @@ async def test_api_key_from_env_is_used_but_never_published_logged_or_dumped(
     assert agent.state.providers["keyed"].has_key is True
     response = await client.ask(client.new_request(model="keyed-model"))
     assert response.status == "ok"
-    await agent._publish_metrics()
-    await agent._publish_cost_report()
+    await agent.reports.publish_metrics()
+    await agent.reports.publish_cost_report()
     await asyncio.sleep(0.2)
     published = "\n".join(str(item) for item in everything.data)
     assert "keyed" in published  # the signals were seen...
@@ -258,7 +258,7 @@ async def test_all_providers_failing_gives_one_typed_error_and_opens_the_breaker
         response = await client.ask(client.new_request(model="doomed"))
         assert response.status == "error"
         assert response.error.code == "all_providers_failed" and response.error.retryable
-    assert agent.state.circuit_breakers["down/doomed"].state == "open"
+    assert agent.state.circuit_breakers[("down", "doomed")].state == "open"
     response = await client.ask(client.new_request(model="doomed"))
     assert response.error.code == "no_candidates"  # the open breaker removes it before any call
 

@@ -61,9 +61,7 @@ def test_bundled_config_loads() -> None:
     assert config.models["llama-3-70b"].context_window == 8192
     assert config.agents["cto_agent"].model_preferences["primary"] == "claude-3-opus"
     assert config.routing.default_strategy in config.routing.strategies
-    assert config.resolve_model("opus") == "claude-3-opus"
-    assert config.resolve_model("claude-3-opus") == "claude-3-opus"
-    assert config.resolve_model("gpt-5") is None
+    assert config.aliases["opus"] == "claude-3-opus"
     assert config.emulation.mode == "auto"
 
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from router_agent.core.breaker import Breaker
 from router_agent.core.cost import cost_usd, estimate_input_tokens, estimate_output_tokens
-from router_agent.core.routing import Decision, Deployment, ProviderView, candidate_models, route
+from router_agent.core.model import Deployment
+from router_agent.core.routing import Decision, ProviderView, candidate_models, route
 from signals import ChatMessage, LlmRequest, Params, Requirements, Task
 
 NOW = 1_000.0
@@ -31,6 +32,7 @@ def dep(provider: str, model: str = "m", type: str = "cloud", **fields) -> Deplo
         provider=provider,
         model=model,
         model_id=model,
+        api="openai",
         type=type,
         base_url=f"http://127.0.0.1:9/{provider}",
         **fields,
@@ -238,6 +240,27 @@ def test_round_robin_chooses_each_kept_candidate_exactly_once_over_n_cursors():
         assert keys(wrapped) == keys(run(make_request(), deps, cursor=cursor))
 
 
+def test_provider_weights_share_first_choices_in_proportion():
+    heavy, light, spare = dep("heavy"), dep("light"), dep("spare")
+    providers = views(heavy, light, spare, heavy=ProviderView(weight=3.0), light=ProviderView(weight=1.0),
+                      spare=ProviderView(weight=0.0))
+    firsts = Counter(keys(run(make_request(), [heavy, light, spare], providers, cursor=c))[0] for c in range(4000))
+    assert spare.key not in firsts  # weight 0: a fallback only
+    assert firsts[heavy.key] / 4000 == pytest.approx(0.75, abs=0.01)
+    d = run(make_request(), [heavy, light, spare], providers, cursor=0)
+    assert sorted(keys(d)) == sorted([heavy.key, light.key, spare.key])  # all still in the chain
+
+
+def test_max_latency_removes_deployments_observed_slower_and_keeps_unobserved():
+    slow, fast, new = dep("slow"), dep("fast"), dep("new")
+    providers = views(slow, fast, new, slow=ProviderView(latency_ms={"m": 900.0}),
+                      fast=ProviderView(latency_ms={"m": 120.0}))
+    d = run(make_request(requirements=Requirements(max_latency_ms=500)), [slow, fast, new], providers)
+    assert_removed_by(d, slow, "max_latency")
+    assert "900 ms exceeds 500 ms" in d.rejected[0].detail
+    assert sorted(keys(d)) == sorted([fast.key, new.key])
+
+
 def test_estimates_follow_the_rotation_and_feed_the_candidates():
     request = make_request(content="y" * 80, params=Params(max_tokens=50))
     deps = [dep("a", price_in=1.0, price_out=2.0), dep("b", price_in=0.5, price_out=0.25), dep("c")]
@@ -323,7 +346,7 @@ def test_every_deployment_is_either_ordered_or_rejected_exactly_once(case):
     d = route(request, deps, providers, breakers, NOW, cursor)
 
     ordered = Counter(keys(d))
-    rejected = Counter(f"{r.provider}/{r.model}" for r in d.rejected)
+    rejected = Counter((r.provider, r.model) for r in d.rejected)
     assert not (set(ordered) & set(rejected))
     assert ordered + rejected == Counter(x.key for x in deps)
     # Kept candidates are a rotation of the survivors in input order, each with its estimate.

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+from collections.abc import Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
-from router_agent.config import EndpointPolicy
+
+class EndpointPolicy(Protocol):
+    """The policy's settings (``security.endpoints`` in config satisfies it)."""
+
+    allowed_schemes: Sequence[str]
+    allowed_hosts: Sequence[str]
+    allowed_networks: Sequence[str]
+    denied_hosts: Sequence[str]
+    denied_networks: Sequence[str]
 
 
 def endpoint_host(url: str) -> str:

@@ -5,8 +5,13 @@ provider/breaker view, it returns the ordered candidates (first = chosen, rest =
 and, for every candidate removed, the constraint that removed it. A fallback is always
 one of the ordered candidates, so no fallback can break a hard constraint.
 
-The strategy here is round robin over the healthy candidates; the full scoring engine
-(cost, latency, load, rules) plugs in at ``_order``.
+The strategy here is round robin over the healthy candidates, weighted by provider
+``weight`` (equal weights: a plain rotation; weight 0: only ever a fallback). The full
+scoring engine (cost, latency, load, rules) plugs in at the ordering step.
+
+``requirements.max_latency_ms`` is judged against the latency the router has observed for
+the deployment (an average of its successful attempts). A deployment with no observation
+yet is kept: nothing says it is slow, and the per-attempt timeout still bounds it.
 """
 
 from __future__ import annotations
@@ -16,27 +21,13 @@ from dataclasses import dataclass, field
 
 from router_agent.core.breaker import Breaker
 from router_agent.core.cost import cost_usd, estimate_input_tokens, estimate_output_tokens
+from router_agent.core.model import Deployment, DeploymentKey
 from signals import Candidate, LlmRequest, Rejection
 
+STRATEGIES = ("round_robin",)
+"""Strategies the engine implements; config naming another as default is refused."""
 
-@dataclass(slots=True)
-class Deployment:
-    """One model as served by one provider: the unit the router picks."""
-
-    provider: str
-    model: str
-    model_id: str
-    type: str
-    base_url: str
-    capabilities: frozenset[str] = frozenset()
-    price_in: float = 0.0
-    price_out: float = 0.0
-    context_window: int | None = None
-    enabled: bool = True
-    key: str = ""
-
-    def __post_init__(self) -> None:
-        self.key = f"{self.provider}/{self.model}"
+_GOLDEN = 0.6180339887498949  # low-discrepancy step: weighted picks spread evenly over cursors
 
 
 @dataclass(slots=True)
@@ -45,6 +36,9 @@ class ProviderView:
 
     enabled: bool = True
     health: str = "healthy"
+    weight: float = 1.0
+    latency_ms: Mapping[str, float] = field(default_factory=dict)
+    """Observed latency by model name (the registry's live table)."""
 
 
 @dataclass(slots=True)
@@ -85,7 +79,7 @@ def route(
     request: LlmRequest,
     deployments: list[Deployment],
     providers: Mapping[str, ProviderView],
-    breakers: Mapping[str, Breaker],
+    breakers: Mapping[DeploymentKey, Breaker],
     now: float,
     cursor: int,
 ) -> Decision:
@@ -97,6 +91,7 @@ def route(
     private = task.privacy_level == "high"
     needed = req.capabilities
     kept: list[Deployment] = []
+    weights: list[float] = []
     estimates: list[float] = []
     rejected: list[Rejection] = []
 
@@ -121,6 +116,9 @@ def route(
         elif req.max_cost_usd is not None and estimate > req.max_cost_usd:
             constraint = "max_cost"
             detail = f"estimated ${estimate:.6f} exceeds ${req.max_cost_usd:.6f}"
+        elif req.max_latency_ms is not None and provider.latency_ms.get(dep.model, 0.0) > req.max_latency_ms:
+            constraint = "max_latency"
+            detail = f"observed {provider.latency_ms[dep.model]:.0f} ms exceeds {req.max_latency_ms} ms"
         else:
             breaker = breakers.get(dep.key)
             if breaker is not None and not breaker.allows(now):
@@ -131,11 +129,31 @@ def route(
             )
         else:
             kept.append(dep)
+            weights.append(provider.weight)  # type: ignore[union-attr]  # None was rejected above
             estimates.append(estimate)
 
     if not kept:
         return Decision([], [], rejected, reason="no candidate passed the hard constraints")
-    shift = cursor % len(kept)
+    shift = _first_choice(weights, cursor)
     order = kept[shift:] + kept[:shift]
     costs = estimates[shift:] + estimates[:shift]
     return Decision(order, costs, rejected, reason=f"round robin over {len(kept)} healthy candidates")
+
+
+def _first_choice(weights: list[float], cursor: int) -> int:
+    """Index of the first choice: a rotation when weights are equal, else weighted.
+
+    Weighted picks walk a golden-ratio sequence over the cumulative weights, so over any
+    run of cursors each candidate leads in proportion to its weight, evenly spread.
+    """
+    first = weights[0]
+    total = sum(weights)
+    if total <= 0 or all(w == first for w in weights):
+        return cursor % len(weights)
+    point = (cursor * _GOLDEN) % 1.0 * total
+    acc = 0.0
+    for index, weight in enumerate(weights):
+        acc += weight
+        if point < acc:
+            return index
+    return max(range(len(weights)), key=weights.__getitem__)  # rounding at the very top

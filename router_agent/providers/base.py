@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from router_agent.core.routing import Deployment
+from router_agent.core.model import Deployment
 from signals import ErrorCode, LlmRequest
 
 
@@ -15,7 +15,6 @@ class Completion:
     finish_reason: str
     input_tokens: int
     output_tokens: int
-    model: str
 
 
 class ProviderError(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import msgspec
 
-from router_agent.core.routing import Deployment
+from router_agent.core.model import Deployment
 from router_agent.http import HttpClient
 from router_agent.providers.base import Completion, ProviderError, status_error
 from signals import LlmRequest
@@ -27,7 +27,6 @@ class _Usage(msgspec.Struct):
 
 class _ChatResponse(msgspec.Struct):
     choices: list[_Choice]
-    model: str = ""
     usage: _Usage = msgspec.field(default_factory=_Usage)
 
 
@@ -88,7 +87,6 @@ class OpenAIAdapter:
             finish_reason=choice.finish_reason or "",
             input_tokens=parsed.usage.prompt_tokens,
             output_tokens=parsed.usage.completion_tokens,
-            model=parsed.model,
         )
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:

@@ -1,0 +1,316 @@
+"""The provider registry: the only writer of ``providers``, ``provider_states``,
+``circuit_breakers``, ``rate_limiters``, ``model_capabilities`` and the provider weights in
+``load_balancing``, and the one place a ``Deployment`` is built.
+
+It also keeps what routing reads on every request, derived from the state after any change
+(models by name, the provider views), the adapters by wire format, and the keys (in a
+``SecretStore`` beside the state, never in it).
+
+Outcomes of attempts come back here: the caller hands back the breaker's admission, and
+only outcomes the provider is responsible for are counted (an attempt abandoned because the
+caller's deadline passed or the agent is stopping is not the provider's failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from router_agent.config import Config, ProviderConfig
+from router_agent.core.breaker import Admission, Breaker
+from router_agent.core.model import Deployment
+from router_agent.core.routing import ProviderView
+from router_agent.http import HttpClient
+from router_agent.providers import ADAPTERS
+from router_agent.providers.base import Adapter
+from router_agent.state import ProviderEntry, ProviderState, RateLimiter, RouterState, SecretStore
+from signals import ProviderStats
+
+log = logging.getLogger("router_agent")
+
+EMULATOR_API = "openai"
+"""The emulator speaks this wire format; emulated providers are called through its adapter."""
+
+LATENCY_WEIGHT = 0.2
+"""Weight of the newest observation in a model's latency average."""
+
+
+class ModelSpecLike(Protocol):
+    """What ``models.yaml`` entries and ``provider_register`` model specs have in common."""
+
+    model_id: str | None
+    capabilities: list[str]
+    context_window: int | None
+
+    @property
+    def cost_per_1k_tokens(self) -> Any: ...
+
+    @property
+    def rate_limits(self) -> Any: ...
+
+
+def build_deployment(
+    provider: str, name: str, spec: ModelSpecLike, *, api: str, type: str, base_url: str, enabled: bool = True
+) -> Deployment:
+    """The one conversion from a model description (config or signal) to a Deployment."""
+    return Deployment(
+        provider=provider,
+        model=name,
+        model_id=spec.model_id or name,
+        api=api,
+        type=type,
+        base_url=base_url.rstrip("/"),
+        capabilities=frozenset(spec.capabilities),
+        price_in=spec.cost_per_1k_tokens.input,
+        price_out=spec.cost_per_1k_tokens.output,
+        context_window=spec.context_window,
+        requests_per_minute=spec.rate_limits.requests_per_minute,
+        tokens_per_minute=spec.rate_limits.tokens_per_minute,
+        enabled=enabled,
+    )
+
+
+def read_key(env_name: str | None, file_name: str | None) -> str | None:
+    if env_name:
+        value = os.environ.get(env_name)
+        if value:
+            return value.strip()
+    if file_name:
+        try:
+            value = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return value or None
+    return None
+
+
+class ProviderRegistry:
+    def __init__(
+        self,
+        config: Config,
+        state: RouterState,
+        http: HttpClient,
+        emulator_url: str | None = None,
+        adapters: Mapping[str, Adapter] | None = None,
+    ):
+        self.config = config
+        self.settings = config.router
+        self.state = state
+        self.emulator_url = emulator_url.rstrip("/") if emulator_url else None
+        self.secrets = SecretStore()
+        self.adapters: dict[str, Adapter] = (
+            dict(adapters) if adapters is not None else {api: make(http) for api, make in ADAPTERS.items()}
+        )
+        # Derived for routing; rebuilt after every change.
+        self.deployments_by_model: dict[str, list[Deployment]] = {}
+        self.model_names: list[str] = []
+        self.views: dict[str, ProviderView] = {}
+
+    # ------------------------------------------------------------------ reading
+
+    def adapter(self, deployment: Deployment) -> Adapter:
+        return self.adapters[deployment.api]
+
+    def timeout_s(self, provider: str) -> float:
+        return self.state.providers[provider].timeout_ms / 1000
+
+    def provider_stats(self, name: str) -> ProviderStats:
+        entry = self.state.providers[name]
+        p = self.state.provider_states[name]
+        breakers = self.state.circuit_breakers
+        states = {breakers[(name, model)].state for model in entry.models if (name, model) in breakers}
+        circuit = "open" if "open" in states else "half_open" if "half_open" in states else "closed"
+        return ProviderStats(
+            provider=name,
+            health=p.health,
+            circuit=circuit,
+            enabled=entry.enabled,
+            emulated=entry.emulated,
+            in_flight=p.in_flight,
+            requests=p.requests,
+            successes=p.successes,
+            failures=p.failures,
+            error_rate=round(p.failures / p.requests, 6) if p.requests else 0.0,
+            avg_latency_ms=round(p.latency_ms_total / p.requests, 3) if p.requests else 0.0,
+            input_tokens=p.input_tokens,
+            output_tokens=p.output_tokens,
+            cost_usd=round(p.cost_usd, 10),
+        )
+
+    # ------------------------------------------------------------------ configured providers
+
+    async def load_configured(self) -> None:
+        """Providers from models.yaml; each is real, emulated (and says why) or disabled."""
+        cfg = self.config
+        names = list(cfg.providers)
+        decisions = await asyncio.gather(*(self._emulation_for(name, cfg.providers[name]) for name in names))
+        for name, (emulated, reason) in zip(names, decisions):
+            provider = cfg.providers[name]
+            key = read_key(provider.api_key_env, provider.api_key_file)
+            enabled = provider.enabled
+            api = provider.api
+            if emulated:
+                if self.emulator_url is None:
+                    reason, enabled = f"{reason}; no emulator available", False
+                api, key = EMULATOR_API, None
+            elif reason:
+                enabled = False
+            models = {
+                model_name: build_deployment(
+                    name, model_name, model, api=api, type=model.type,
+                    base_url=self._config_url(provider, model.endpoint, emulated), enabled=model.enabled,
+                )
+                for model_name, model in cfg.models.items()
+                if model.provider == name
+            }
+            self.add(
+                ProviderEntry(
+                    name=name,
+                    api=api,
+                    type=provider.type,
+                    base_url=(provider.base_url or "").rstrip("/"),
+                    models=models,
+                    weight=provider.weight,
+                    enabled=enabled,
+                    timeout_ms=provider.timeout_ms,
+                    emulated=emulated,
+                    emulated_reason=reason if emulated else "",
+                    has_key=key is not None,
+                    source="config",
+                ),
+                key,
+            )
+            if reason and not emulated:
+                self.state.provider_states[name].health_detail = reason
+
+    def _config_url(self, provider: ProviderConfig, endpoint: str | None, emulated: bool) -> str:
+        if emulated and self.emulator_url is not None:
+            return self.emulator_url
+        return endpoint or provider.base_url or ""
+
+    async def _emulation_for(self, name: str, provider: ProviderConfig) -> tuple[bool, str]:
+        """(emulated, why) for a configured provider; why without emulation means disabled."""
+        mode = self.config.emulation.mode
+        if mode == "always":
+            return True, "emulation mode is 'always'"
+        if provider.api not in self.adapters:
+            return (mode == "auto"), f"no adapter for the {provider.api!r} API yet"
+        if provider.type == "cloud":
+            if read_key(provider.api_key_env, provider.api_key_file) is None:
+                why = f"no API key in ${provider.api_key_env}" if provider.api_key_env else "no API key"
+                return (mode == "auto"), why
+            return False, ""
+        if mode == "never":
+            return False, ""
+        urls = sorted({
+            (model.endpoint or provider.base_url or "").rstrip("/")
+            for model in self.config.models.values() if model.provider == name
+        })
+        results = await asyncio.gather(*(self.probe(provider.api, url, None) for url in urls))
+        down = [detail for ok, detail, _ in results if not ok]
+        if down:
+            return True, f"local endpoint not reachable ({down[0]})"
+        return False, ""
+
+    async def probe(self, api: str, base_url: str, key: str | None) -> tuple[bool, str, bool]:
+        """(reachable, detail, emulated) for an endpoint, bounded by ``probe_timeout_ms``."""
+        try:
+            async with asyncio.timeout(self.settings.probe_timeout_ms / 1000):
+                return await self.adapters[api].probe(base_url, key)
+        except TimeoutError:
+            return False, f"{base_url} did not answer within {self.settings.probe_timeout_ms} ms", False
+
+    # ------------------------------------------------------------------ changes
+
+    def add(self, entry: ProviderEntry, key: str | None) -> None:
+        """Add or replace a provider; breakers of models it keeps survive a replacement."""
+        name = entry.name
+        previous = self.state.providers.get(name)
+        if previous is not None:
+            for model in previous.models.keys() - entry.models.keys():
+                self.state.circuit_breakers.pop((name, model), None)
+                self.state.rate_limiters.pop((name, model), None)
+        self.secrets.set(name, key)
+        self.state.providers[name] = entry
+        self.state.provider_states.setdefault(name, ProviderState())
+        cb = self.settings.circuit_breaker
+        for deployment in entry.models.values():
+            self.state.circuit_breakers.setdefault(
+                deployment.key, Breaker(threshold=cb.failure_threshold, cooldown_s=cb.cooldown_s)
+            )
+            self.state.rate_limiters[deployment.key] = RateLimiter(
+                requests_per_minute=deployment.requests_per_minute,
+                tokens_per_minute=deployment.tokens_per_minute,
+            )
+        self._rebuild()
+
+    def reset_state(self, name: str) -> None:
+        """A provider registered anew starts with fresh run-time state."""
+        self.state.provider_states.pop(name, None)
+
+    def set_health(self, name: str, status: str, detail: str) -> None:
+        state = self.state.provider_states[name]
+        state.health = status  # type: ignore[assignment]  # validated by the signal's type
+        state.health_detail = detail[:500]
+        self.views[name].health = status
+
+    def _rebuild(self) -> None:
+        """Derive the routing view from the state after any provider change."""
+        by_model: dict[str, list[Deployment]] = {}
+        capabilities: dict[str, set[str]] = {}
+        views: dict[str, ProviderView] = {}
+        for name, entry in self.state.providers.items():
+            pstate = self.state.provider_states[name]
+            views[name] = ProviderView(
+                enabled=entry.enabled, health=pstate.health, weight=entry.weight, latency_ms=pstate.model_latency_ms
+            )
+            for model_name, deployment in entry.models.items():
+                by_model.setdefault(model_name, []).append(deployment)
+                capabilities.setdefault(model_name, set()).update(deployment.capabilities)
+        self.deployments_by_model = by_model
+        self.model_names = list(by_model)
+        self.views = views
+        self.state.model_capabilities = {m: sorted(c) for m, c in capabilities.items()}
+        self.state.load_balancing.weights = {n: e.weight for n, e in self.state.providers.items()}
+
+    # ------------------------------------------------------------------ outcomes of attempts
+
+    def attempt_started(self, deployment: Deployment) -> None:
+        self.state.provider_states[deployment.provider].in_flight += 1
+
+    def record_success(
+        self, deployment: Deployment, admission: Admission, latency_ms: float,
+        tokens_in: int, tokens_out: int, cost: float,
+    ) -> None:
+        self.state.circuit_breakers[deployment.key].process_success(admission)
+        p = self._finished(deployment, latency_ms)
+        p.successes += 1
+        p.input_tokens += tokens_in
+        p.output_tokens += tokens_out
+        p.cost_usd += cost
+        observed = p.model_latency_ms.get(deployment.model)
+        p.model_latency_ms[deployment.model] = (
+            latency_ms if observed is None else observed + LATENCY_WEIGHT * (latency_ms - observed)
+        )
+
+    def record_failure(self, deployment: Deployment, admission: Admission, latency_ms: float, now: float) -> None:
+        """A failure the provider is responsible for: counted, and the breaker learns of it."""
+        self.state.circuit_breakers[deployment.key].process_failure(admission, now)
+        self._finished(deployment, latency_ms).failures += 1
+
+    def record_abandon(self, deployment: Deployment, admission: Admission) -> None:
+        """The attempt ended for a reason that is not the provider's: nothing is counted."""
+        self.state.circuit_breakers[deployment.key].process_abandon(admission)
+        self.state.provider_states[deployment.provider].in_flight -= 1
+
+    def _finished(self, deployment: Deployment, latency_ms: float) -> ProviderState:
+        p = self.state.provider_states[deployment.provider]
+        p.in_flight -= 1
+        p.requests += 1
+        p.latency_ms_total += latency_ms
+        self.state.metrics.requests_by_provider[deployment.provider] = p.requests
+        return p

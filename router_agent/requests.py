@@ -1,0 +1,356 @@
+"""The ``llm_request`` shell: admission, the deadline, the attempt chain, exactly one answer.
+
+Writes ``active_requests``, ``metrics`` (request counters) and ``load_balancing.cursor``;
+provider outcomes go through the registry, spend through the ledger.
+
+Theory of operation
+-------------------
+The subscription's callback (``on_request``) only admits: it counts the request, waits for
+a concurrency slot (at the bound the subscription waits and NATS buffers) and starts a
+task. The task (``serve``) follows a ``RequestLifecycle`` (routing -> attempting ->
+answered) and ends in exactly one answer, because:
+
+- the request's deadline bounds provider work only; the answer is built inside that
+  scope and published after it has closed, so a slow publish can never turn an ``ok``
+  into a second ``timeout``;
+- each attempt has its own timeout, the provider's ``timeout_ms`` capped by what is left
+  of the deadline. When the provider's own timeout fires, that is the provider's failure
+  (counted, the breaker learns, the chain moves on); when the caller's deadline runs out
+  first, or a shutdown cancels the task, the attempt is abandoned (not counted against the
+  provider) and the caller is answered ``timeout`` / ``shutting_down``;
+- ``RequestLifecycle.process_answer`` raises on a second answer, so a bug that tried to
+  answer twice is loud, and the metrics are counted in the one place that answers.
+
+Shutdown: requests already buffered when the agent begins to stop are still served while
+the grace period lasts; only after it are they answered ``shutting_down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from router_agent.config import Config
+from router_agent.core.cost import cost_usd
+from router_agent.core.ledger import CostLedger
+from router_agent.core.lifecycle import RequestLifecycle
+from router_agent.core.model import Deployment
+from router_agent.core.routing import candidate_models, route
+from router_agent.outbox import Outbox
+from router_agent.providers.base import ProviderError
+from router_agent.registry import ProviderRegistry
+from router_agent.state import ActiveRequest, RouterState
+from router_agent.telemetry import Tracing
+from signals import (
+    AssistantMessage,
+    Attempt,
+    ErrorCode,
+    ErrorInfo,
+    LlmRequest,
+    LlmResponse,
+    RoutingDecision,
+    SignalError,
+    Usage,
+)
+
+log = logging.getLogger("router_agent")
+
+STREAM_NOT_SUPPORTED = (
+    "stream: true is not supported yet; the answer comes as one final llm_response"
+)
+
+
+class RequestShell:
+    def __init__(
+        self,
+        config: Config,
+        state: RouterState,
+        registry: ProviderRegistry,
+        outbox: Outbox,
+        ledger: CostLedger,
+        tracing: Tracing,
+        clock: Callable[[], float],
+    ):
+        self.config = config
+        self.settings = config.router
+        self.state = state
+        self.registry = registry
+        self.outbox = outbox
+        self.ledger = ledger
+        self.tracing = tracing
+        self.clock = clock
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent_requests)
+        self.refusing = False
+        """Set when the shutdown grace period is over: requests still buffered are refused."""
+
+    # ------------------------------------------------------------------ admission
+
+    async def on_request(self, msg: Any, request: LlmRequest) -> None:
+        headers = msg.headers
+        traceparent = headers.get("traceparent") if headers else None
+        metrics = self.state.metrics
+        metrics.total_requests += 1
+        metrics.in_flight += 1
+        life = RequestLifecycle()
+        if self.refusing:
+            await self._refuse_stopping(request, msg.reply, traceparent, life)
+            return
+        await self._slots.acquire()
+        if self.refusing:  # the grace period ended while this request waited for a slot
+            self._slots.release()
+            await self._refuse_stopping(request, msg.reply, traceparent, life)
+            return
+        task = asyncio.create_task(self.serve(request, msg.reply, traceparent, life))
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._slots.release()
+
+    async def _refuse_stopping(self, request: LlmRequest, reply: str, traceparent: str | None,
+                               life: RequestLifecycle) -> None:
+        response = _error(request, "shutting_down", "router is stopping", True, [])
+        await self._finish(request, response, reply, traceparent, life)
+
+    async def reject(self, msg: Any, exc: SignalError) -> None:
+        """Bad llm_request input: a typed error answer to whoever can be addressed."""
+        partial = _partial(msg.data) if exc.code != "payload_too_large" else _Partial()
+        response = LlmResponse(
+            request_id=_short(partial.request_id),
+            agent_id=_short(partial.agent_id),
+            status="error",
+            error=ErrorInfo(code=exc.code, message=exc.message, field=exc.field),
+        )
+        await self.outbox.answer(response, msg.reply, None)
+
+    # ------------------------------------------------------------------ one request
+
+    async def serve(self, request: LlmRequest, reply: str, traceparent: str | None, life: RequestLifecycle) -> None:
+        """Route, call, fail over; then answer exactly once."""
+        started = self.clock()
+        key = (request.agent_id, request.request_id)
+        active_requests = self.state.active_requests
+        if key in active_requests:
+            response = _error(request, "invalid_request",
+                              f"request_id {request.request_id!r} is already in flight for this agent", False, [])
+            await self._finish(request, response, reply, traceparent, life)
+            return
+        active = active_requests[key] = ActiveRequest(request.request_id, request.agent_id, started)
+        attempts: list[Attempt] = []
+        span, traceparent = self.tracing.start(
+            "llm_request", traceparent, {"router.agent_id": request.agent_id, "router.request_id": request.request_id}
+        )
+        response: LlmResponse | None = None
+        try:
+            response = await self._route_and_call(request, traceparent, started, active, attempts, life)
+        except asyncio.CancelledError:
+            response = _error(request, "shutting_down", "router stopped before the provider answered", True, attempts)
+            await self._finish(request, response, reply, traceparent, life)
+            raise
+        except Exception:
+            log.exception("request %s failed unexpectedly", _short(request.request_id))
+            self.state.metrics.internal_errors += 1
+            response = _error(request, "internal", "internal router error", True, attempts)
+        finally:
+            del active_requests[key]
+            if span is not None:
+                self.tracing.end(span, {
+                    "router.status": response.status if response else "error",
+                    "router.error_code": response.error.code if response and response.error else "",
+                    "router.provider": active.provider,
+                    "router.model": active.model,
+                    "router.attempts": len(attempts),
+                })
+        await self._finish(request, response, reply, traceparent, life)
+
+    async def _finish(self, request: LlmRequest, response: LlmResponse, reply: str, traceparent: str | None,
+                      life: RequestLifecycle) -> None:
+        """The one place a request is answered and counted."""
+        life.process_answer(response.error.code if response.error else "ok")
+        metrics = self.state.metrics
+        metrics.in_flight -= 1
+        if response.error is None:
+            metrics.completed += 1
+        else:
+            metrics.failed += 1
+            code = response.error.code
+            metrics.errors_by_code[code] = metrics.errors_by_code.get(code, 0) + 1
+        if request.stream:
+            response.warnings = [STREAM_NOT_SUPPORTED]
+        await self.outbox.answer(response, reply, traceparent)
+
+    async def _decide(self, request: LlmRequest, traceparent: str | None) -> tuple[list[Deployment], str]:
+        """Route and publish the routing_decision; return the deployments to try in order.
+
+        Kept apart from the call so the decision's objects are freed before the long wait
+        on the provider (they were ~1.3 KB of every in-flight request).
+        """
+        registry = self.registry
+        agent_cfg = self.config.agents.get(request.agent_id)
+        models, why = candidate_models(
+            request, registry.model_names, self.config.aliases,
+            agent_cfg.model_preferences if agent_cfg else None,
+        )
+        deployments = [d for m in models for d in registry.deployments_by_model.get(m, ())]
+        lb = self.state.load_balancing
+        decision = route(request, deployments, registry.views, self.state.circuit_breakers, self.clock(), lb.cursor)
+        lb.cursor += 1
+        ordered = decision.ordered[: self.settings.max_attempts]
+        candidates = decision.candidates()
+        emulated = bool(ordered) and self.state.providers[ordered[0].provider].emulated
+        await self.outbox.publish(
+            self.outbox.subjects.routing_decision(request.agent_id),
+            "routing_decision",
+            RoutingDecision(
+                request_id=request.request_id,
+                agent_id=request.agent_id,
+                strategy=decision.strategy,
+                reason=f"{why}; {decision.reason}",
+                chosen=candidates[0] if candidates else None,
+                fallbacks=candidates[1 : len(ordered)],
+                rejected=decision.rejected,
+                emulated=emulated,
+            ),
+            traceparent,
+        )
+        return ordered, (why if not deployments else decision.reason)
+
+    async def _route_and_call(
+        self,
+        request: LlmRequest,
+        traceparent: str | None,
+        started: float,
+        active: ActiveRequest,
+        attempts: list[Attempt],
+        life: RequestLifecycle,
+    ) -> LlmResponse:
+        ordered, no_candidates_reason = await self._decide(request, traceparent)
+        if not ordered:
+            return _error(request, "no_candidates", no_candidates_reason, False, attempts)
+        life.process_plan()
+        timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
+        deadline = started + timeout_ms / 1000
+        registry = self.registry
+        breakers = self.state.circuit_breakers
+        last_error: ProviderError | None = None
+        for dep in ordered:
+            now = self.clock()
+            remaining = deadline - now
+            if remaining <= 0:
+                break
+            admission = breakers[dep.key].process_attempt(now)
+            if admission == "refused":
+                attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="skipped",
+                                        error=ErrorInfo(code="provider_error", message="circuit open", retryable=True)))
+                continue
+            life.process_attempt()
+            provider_budget = registry.timeout_s(dep.provider)
+            active.provider = dep.provider
+            active.model = dep.model
+            registry.attempt_started(dep)
+            scope = asyncio.timeout(min(provider_budget, remaining))
+            try:
+                async with scope:
+                    completion = await registry.adapter(dep).complete(
+                        request, dep, registry.secrets.get(dep.provider)
+                    )
+            except ProviderError as exc:
+                latency = (self.clock() - now) * 1000
+                registry.record_failure(dep, admission, latency, self.clock())
+                attempts.append(Attempt(
+                    provider=dep.provider, model=dep.model, outcome="error", latency_ms=round(latency, 3),
+                    error=ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable),
+                ))
+                last_error = exc
+                if not exc.retryable:
+                    break
+                continue
+            except TimeoutError:
+                if not scope.expired():
+                    raise  # not our deadline: a bug below; contained by serve()
+                latency = (self.clock() - now) * 1000
+                if provider_budget < remaining:
+                    # The provider's own timeout: its failure; the chain moves on.
+                    registry.record_failure(dep, admission, latency, self.clock())
+                    attempts.append(Attempt(
+                        provider=dep.provider, model=dep.model, outcome="timeout", latency_ms=round(latency, 3),
+                        error=ErrorInfo(code="timeout", retryable=True,
+                                        message=f"provider did not answer within its {provider_budget * 1000:.0f} ms"),
+                    ))
+                    continue
+                # The caller's deadline: not the provider's fault.
+                registry.record_abandon(dep, admission)
+                attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="timeout",
+                                        latency_ms=round(latency, 3)))
+                break
+            except BaseException:
+                registry.record_abandon(dep, admission)  # cancelled (shutdown): not the provider's fault
+                attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="timeout",
+                                        latency_ms=round((self.clock() - now) * 1000, 3)))
+                raise
+            latency = (self.clock() - now) * 1000
+            cost = cost_usd(completion.input_tokens, completion.output_tokens, dep.price_in, dep.price_out)
+            registry.record_success(dep, admission, latency, completion.input_tokens, completion.output_tokens, cost)
+            self.ledger.charge(request.agent_id, dep.model, dep.provider,
+                               completion.input_tokens, completion.output_tokens, cost)
+            self.state.metrics.total_cost += cost
+            attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="ok", latency_ms=round(latency, 3)))
+            return LlmResponse(
+                request_id=request.request_id,
+                agent_id=request.agent_id,
+                status="ok",
+                message=AssistantMessage(content=completion.content),
+                model=dep.model,
+                provider=dep.provider,
+                emulated=self.state.providers[dep.provider].emulated,
+                finish_reason=completion.finish_reason,
+                usage=Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),
+                cost_usd=round(cost, 10),
+                latency_ms=round((self.clock() - started) * 1000, 3),
+                attempts=attempts,
+            )
+
+        if self.clock() >= deadline:
+            return _error(request, "timeout", f"no answer within {timeout_ms} ms", True, attempts)
+        if last_error is not None and not last_error.retryable:
+            return _error(request, last_error.code, last_error.message, False, attempts)
+        return _error(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
+
+
+def _error(request: LlmRequest, code: ErrorCode, message: str, retryable: bool, attempts: list[Attempt]) -> LlmResponse:
+    return LlmResponse(
+        request_id=request.request_id,
+        agent_id=request.agent_id,
+        status="error",
+        attempts=attempts,
+        error=ErrorInfo(code=code, message=message, retryable=retryable),
+    )
+
+
+class _Partial(msgspec.Struct):
+    """What can still be read from an invalid request, to address the error answer."""
+
+    request_id: Any = None
+    agent_id: Any = None
+
+
+class _PartialEvent(msgspec.Struct):
+    data: _Partial | None = None
+
+
+def _partial(payload: bytes) -> _Partial:
+    try:
+        event = msgspec.json.decode(payload, type=_PartialEvent)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _Partial()
+    return event.data or _Partial()
+
+
+def _short(value: Any, limit: int = 128) -> str:
+    return value[:limit] if isinstance(value, str) else ""
