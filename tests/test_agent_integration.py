@@ -165,7 +165,7 @@ async def test_registration_refuses_a_raw_api_key_and_never_echoes_it(agent, cli
     )
     assert not answer.accepted
     assert answer.errors[0].field == "$.data.api_key"
-    await asyncio.sleep(0.1)  # let the stream copy arrive too
+    await everything.wait_for(lambda d: isinstance(d, sig.ProviderRegistered) and d.provider == "inline")
     inbound = {subjects.provider_register, subjects.llm_request}
     published = [str(data) for subject, data, _ in everything.items if subject not in inbound]
     assert published and not any(secret in text for text in published)
@@ -188,7 +188,12 @@ async def test_api_key_from_env_is_used_but_never_published_logged_or_dumped(
     assert response.status == "ok"
     await agent.reports.publish_metrics()
     await agent.reports.publish_cost_report()
-    await asyncio.sleep(0.2)
+    # Wait for each kind of signal the test scans, so none can be missed.
+    await everything.wait_for(lambda d: isinstance(d, sig.ProviderRegistered) and d.provider == "keyed")
+    await everything.wait_for(lambda d: isinstance(d, sig.RoutingDecision) and d.chosen and d.chosen.provider == "keyed")
+    await everything.wait_for(lambda d: isinstance(d, sig.LlmResponse) and d.provider == "keyed")
+    await everything.wait_for(lambda d: isinstance(d, sig.ProviderMetrics) and d.stats.provider == "keyed")
+    await everything.wait_for(lambda d: isinstance(d, sig.CostReport) and "keyed" in d.by_provider)
     published = "\n".join(str(item) for item in everything.data)
     assert "keyed" in published  # the signals were seen...
     assert secret not in published  # ...and none carried the key
@@ -224,14 +229,13 @@ async def test_provider_health_unhealthy_removes_the_provider_from_routing(agent
     await client.nc.publish(subjects.provider_health, sig.encode_event(
         "provider_health", sig.ProviderHealth(provider="anthropic", status="unhealthy", detail="outage")
     ))
-    await client.nc.flush()
+    # The agent takes provider_health in order on one subscription: once a bad one sent
+    # after it is answered, the first has been applied.
+    answer = await client.control("provider_health", sig.ProviderHealth(provider="nobody", status="healthy"))
+    assert answer.error.code == "unknown_provider"
+    assert agent.state.provider_states["anthropic"].health == "unhealthy"
     decisions = await client.collect(subjects.routing_decision("cto_agent"))
     request = client.new_request(agent_id="cto_agent")
-    # A request after the health signal: the bus keeps order per connection, the agent
-    # handles control and request subscriptions separately, so wait for the state first.
-    async with asyncio.timeout(5):
-        while agent.state.provider_states["anthropic"].health != "unhealthy":
-            await asyncio.sleep(0.01)
     response = await client.ask(request)
     assert response.status == "ok" and response.provider != "anthropic"
     decision = await decisions.wait_for(lambda d: d.request_id == request.request_id)
@@ -322,25 +326,23 @@ async def test_two_instances_share_requests_through_the_queue_group(agents, clie
     assert min(served) > 0
 
 
-async def test_graceful_stop_answers_in_flight_requests(agents, client):
+async def test_graceful_stop_answers_in_flight_requests(agents, client, subjects):
     agent = await agents.start()
+    decisions = await client.collect(subjects.routing_decision("tester"))
     async with slow_provider(client, "patient", "patient-model", latency_ms=300):
         pending = [asyncio.create_task(client.ask(client.new_request(model="patient-model"))) for _ in range(5)]
-        async with asyncio.timeout(5):
-            while len(agent.state.active_requests) < 5:
-                await asyncio.sleep(0.01)
+        await decisions.wait_for(lambda _: len(decisions.items) == 5)  # all five are at the provider
         await agent.stop()
         responses = await asyncio.gather(*pending)
         assert [r.status for r in responses] == ["ok"] * 5
 
 
-async def test_stop_past_the_grace_period_still_answers_every_request(agents, client):
+async def test_stop_past_the_grace_period_still_answers_every_request(agents, client, subjects):
     agent = await agents.start({"router": {"shutdown_grace_s": 0}})
+    decisions = await client.collect(subjects.routing_decision("tester"))
     async with slow_provider(client, "glacial", "glacial-model", latency_ms=5000):
         pending = [asyncio.create_task(client.ask(client.new_request(model="glacial-model"))) for _ in range(3)]
-        async with asyncio.timeout(5):
-            while len(agent.state.active_requests) < 3:
-                await asyncio.sleep(0.01)
+        await decisions.wait_for(lambda _: len(decisions.items) == 3)  # all three are at the provider
         await agent.stop()
         responses = await asyncio.gather(*pending)
         assert [(r.status, r.error.code) for r in responses] == [("error", "shutting_down")] * 3
@@ -392,15 +394,16 @@ async def test_tracing_makes_the_router_a_child_span_of_the_caller(agents, clien
     assert sent == f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
 
 
-async def test_stop_answers_requests_still_queued_behind_the_concurrency_bound(agents, client):
+async def test_stop_answers_requests_still_queued_behind_the_concurrency_bound(agents, client, subjects):
     agent = await agents.start({"router": {"max_concurrent_requests": 1, "shutdown_grace_s": 0}})
+    decisions = await client.collect(subjects.routing_decision("tester"))
     async with slow_provider(client, "queue", "queued-model", latency_ms=5000):
         pending = [asyncio.create_task(client.ask(client.new_request(model="queued-model"))) for _ in range(4)]
-        async with asyncio.timeout(5):  # one runs, the others wait for the slot or in the buffer
-            while len(agent.state.active_requests) < 1:
-                await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)
+        await decisions.wait_for(lambda _: True)  # one runs; the others wait for the slot or in the buffer
+        await client.nc.flush()  # all four are at the server, so the agent's drain will see them
         await agent.stop()
         responses = await asyncio.gather(*pending)
         outcomes = [(r.status, r.error.code if r.error else r.provider) for r in responses]
         assert outcomes == [("error", "shutting_down")] * 4, outcomes
+    m = agent.state.metrics  # refusals at stop are requests too: the counters add up
+    assert (m.total_requests, m.completed, m.failed, m.in_flight) == (4, 0, 4, 0)

@@ -160,6 +160,14 @@ def test_bad_value_names_file_and_key_path(config_dir: Path) -> None:
     assert "greater than or equal to 1" in message
 
 
+def test_a_default_strategy_the_engine_lacks_is_refused_not_ignored(config_dir: Path) -> None:
+    # cost_optimized is described in routing.yaml, but the engine cannot apply it yet.
+    edit(config_dir / "routing.yaml", lambda d: d["routing"].update(default_strategy="cost_optimized"))
+    message = load_error(config_dir)
+    assert f"{config_dir / 'routing.yaml'}: routing:" in message
+    assert "'cost_optimized' is not implemented by the routing engine yet" in message
+
+
 def test_unknown_key(config_dir: Path) -> None:
     edit(config_dir / "agents.yaml", lambda d: d["agents"]["qa_agent"].update(colour="blue"))
     message = load_error(config_dir)
