@@ -108,7 +108,7 @@ class RouterAgent:
             Route(s.provider_update, "provider_update", c.on_update, c.reject_update,
                   "provider_registered.<provider> (+ reply)"),
             Route(s.provider_health, "provider_health", c.on_health, c.reject_health,
-                  "router_error on bad input (to the reply, else router_error)"),
+                  "router_error on bad input"),
         ]
 
     # ------------------------------------------------------------------ start / stop

@@ -33,7 +33,7 @@ class Route:
     handle: Handler
     reject: Rejecter
     publishes: str
-    """What the route publishes (documentation; the README table is checked against it)."""
+    """What the route publishes; the table in ``agent.py``'s docstring is checked against it."""
     queue: str = ""
     """Queue group: one instance takes each message. Empty: every instance hears it."""
 

@@ -48,3 +48,22 @@ def test_the_import_check_catches_a_forbidden_import(tmp_path: Path):
 def test_no_module_passes_about_four_hundred_lines(path: Path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= 420, f"{path.relative_to(PACKAGE)} has {lines} lines: split it by what it owns"
+
+
+def test_the_agent_docstring_table_shows_every_route():
+    from router_agent import agent as agent_module
+    from router_agent.agent import RouterAgent
+    from router_agent.config import load_config
+    from signals import SIGNAL_TYPES
+
+    rows = [line for line in (agent_module.__doc__ or "").splitlines() if line.startswith("| ")]
+    routes = RouterAgent(load_config(), nc=None).routes()
+    assert len(routes) == 4
+    for route in routes:
+        row = next((r for r in rows if r.startswith(f"| {route.signal} ")), None)
+        assert row is not None, f"no row for {route.signal}"
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == SIGNAL_TYPES[route.signal].__name__
+        assert cells[2].split(".")[-1] == route.handle.__name__
+        assert cells[4] == route.publishes
+        assert ("(queue)" in cells[0]) == bool(route.queue)
