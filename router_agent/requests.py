@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 
 from router_agent.config import Config
+from router_agent.core.breaker import Admission
 from router_agent.core.cost import cost_usd
 from router_agent.core.ledger import CostLedger
 from router_agent.core.lifecycle import RequestLifecycle
@@ -272,8 +273,9 @@ class RequestShell:
                     break
                 continue
             except TimeoutError:
-                if not scope.expired():
-                    raise  # not our deadline: a bug below; contained by serve()
+                if not scope.expired():  # not our deadline: a bug below, contained by serve()
+                    _close_broken_attempt(registry, dep, admission, attempts, self.clock() - now)
+                    raise
                 latency = (self.clock() - now) * 1000
                 if provider_budget < remaining:
                     # The provider's own timeout: its failure; the chain moves on.
@@ -289,10 +291,13 @@ class RequestShell:
                 attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="timeout",
                                         latency_ms=round(latency, 3)))
                 break
-            except BaseException:
-                registry.record_abandon(dep, admission)  # cancelled (shutdown): not the provider's fault
+            except asyncio.CancelledError:
+                registry.record_abandon(dep, admission)  # shutdown: not the provider's fault
                 attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="timeout",
                                         latency_ms=round((self.clock() - now) * 1000, 3)))
+                raise
+            except Exception:
+                _close_broken_attempt(registry, dep, admission, attempts, self.clock() - now)
                 raise
             latency = (self.clock() - now) * 1000
             cost = cost_usd(completion.input_tokens, completion.output_tokens, dep.price_in, dep.price_out)
@@ -321,6 +326,15 @@ class RequestShell:
         if last_error is not None and not last_error.retryable:
             return _error(request, last_error.code, last_error.message, False, attempts)
         return _error(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
+
+
+def _close_broken_attempt(registry: ProviderRegistry, dep: Deployment, admission: Admission,
+                          attempts: list[Attempt], elapsed_s: float) -> None:
+    """An adapter raised what it must not (a bug): give the admission back, say so in the
+    attempts, and let serve() answer ``internal``. Not counted against the provider."""
+    registry.record_abandon(dep, admission)
+    attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="error", latency_ms=round(elapsed_s * 1000, 3),
+                            error=ErrorInfo(code="internal", message="internal router error")))
 
 
 def _error(request: LlmRequest, code: ErrorCode, message: str, retryable: bool, attempts: list[Attempt]) -> LlmResponse:
