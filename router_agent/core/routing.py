@@ -146,10 +146,12 @@ def _first_choice(weights: list[float], cursor: int) -> int:
     Weighted picks walk a golden-ratio sequence over the cumulative weights, so over any
     run of cursors each candidate leads in proportion to its weight, evenly spread.
     """
-    first = weights[0]
+    n = len(weights)
+    if n == 1 or weights.count(weights[0]) == n:  # no generator: this runs for every request
+        return cursor % n
     total = sum(weights)
-    if total <= 0 or all(w == first for w in weights):
-        return cursor % len(weights)
+    if total <= 0:
+        return cursor % n
     point = (cursor * _GOLDEN) % 1.0 * total
     acc = 0.0
     for index, weight in enumerate(weights):
