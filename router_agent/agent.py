@@ -75,7 +75,7 @@ class RouterAgent:
         self.state = RouterState()
         self.tracing = tracing or Tracing(config.telemetry)
         self.ledger = CostLedger()
-        self.outbox = Outbox(nc, EventFactory(f"router-agent/{self.instance_id}"), self.subjects)
+        self.outbox = Outbox(nc, EventFactory(f"router-agent/{self.instance_id}"), self.subjects, self.state.metrics)
         self.registry = ProviderRegistry(config, self.state, self.http, emulator_url, adapters)
         self.requests = RequestShell(config, self.state, self.registry, self.outbox, self.ledger, self.tracing, clock)
         self.control = Control(config, self.registry, self.outbox, self.state.metrics, self.spawn)

@@ -1,7 +1,10 @@
 """Everything the agent publishes goes out here: encoding, trace headers, reply + stream fan-out.
 
-Writes no state. A publish that fails because the bus is gone is logged and dropped: the
-actor must not die with its connection (nats-py buffers while it reconnects).
+Writes ``metrics.oversized_signals`` only. A publish that fails because
+the bus is gone is logged and dropped: the actor must not die with its connection (nats-py
+buffers while it reconnects). A signal larger than the server's ``max_payload`` is never
+dropped silently: an answer is replaced by a small ``payload_too_large`` error answer to the
+same caller, and anything else is reported on ``router_error`` (and logged, and counted).
 
 | method         | goes to                                                   |
 |----------------|-----------------------------------------------------------|
@@ -17,24 +20,47 @@ import logging
 
 import nats.errors
 
-from signals import EventFactory, LlmResponse, ProviderRegistered, RouterError, Subjects
+from router_agent.state import Metrics
+from signals import ErrorInfo, EventFactory, LlmResponse, ProviderRegistered, RouterError, Subjects
 
 log = logging.getLogger("router_agent")
 
 
 class Outbox:
-    def __init__(self, nc, events: EventFactory, subjects: Subjects):
+    def __init__(self, nc, events: EventFactory, subjects: Subjects, metrics: Metrics):
         self.nc = nc
         self.events = events
         self.subjects = subjects
+        self.metrics = metrics
 
-    async def answer(self, response: LlmResponse, reply: str, traceparent: str | None) -> None:
-        """The one terminal answer to an llm_request."""
+    def prepare_answer(self, response: LlmResponse) -> tuple[LlmResponse, bytes]:
+        """Encode the answer; one too large for the bus becomes a small typed error answer.
+        Returns what will actually be sent, so the caller counts that outcome."""
         payload = self.events.encode("llm_response", response)
+        limit = self._limit()
+        if len(payload) <= limit:
+            return response, payload
+        self._count_oversized("llm_response", response.agent_id, len(payload), limit)
+        replaced = LlmResponse(
+            request_id=response.request_id, agent_id=response.agent_id, status="error",
+            model=response.model, provider=response.provider, usage=response.usage,
+            cost_usd=response.cost_usd, attempts=response.attempts, warnings=response.warnings,
+            error=ErrorInfo(code="payload_too_large", retryable=False,
+                            message=f"the answer is {len(payload)} bytes; the bus allows {limit}"),
+        )
+        return replaced, self.events.encode("llm_response", replaced)
+
+    async def send_answer(self, agent_id: str, payload: bytes, reply: str, traceparent: str | None) -> None:
+        """The one terminal answer to an llm_request: to the reply and ``llm_response.<agent>``."""
         headers = {"traceparent": traceparent} if traceparent else None
         if reply:
             await self.send(reply, payload, headers)
-        await self.send(self.subjects.llm_response(response.agent_id or "_invalid"), payload, headers)
+        await self.send(self.subjects.llm_response(agent_id or "_invalid"), payload, headers)
+
+    async def answer(self, response: LlmResponse, reply: str, traceparent: str | None) -> None:
+        """Prepare and send an answer that is not counted as a request (invalid input)."""
+        response, payload = self.prepare_answer(response)
+        await self.send_answer(response.agent_id, payload, reply, traceparent)
 
     async def ack(self, reply: str, answer: ProviderRegistered) -> None:
         payload = self.events.encode("provider_registered", answer)
@@ -47,7 +73,24 @@ class Outbox:
 
     async def publish(self, subject: str, signal: str, data: object, traceparent: str | None = None) -> None:
         headers = {"traceparent": traceparent} if traceparent else None
-        await self.send(subject, self.events.encode(signal, data), headers)
+        payload = self.events.encode(signal, data)
+        limit = self._limit()
+        if len(payload) > limit:
+            self._count_oversized(signal, subject, len(payload), limit)
+            await self.router_error("", RouterError(subject=subject, error=ErrorInfo(
+                code="payload_too_large",
+                message=f"a {signal} of {len(payload)} bytes exceeds the bus limit of {limit}; it was not sent",
+            )))
+            return
+        await self.send(subject, payload, headers)
+
+    def _limit(self) -> int:
+        # The server's max_payload as the connection learned it; headers travel apart from it.
+        return getattr(self.nc, "max_payload", 0) or 1_048_576
+
+    def _count_oversized(self, signal: str, where: str, size: int, limit: int) -> None:
+        self.metrics.oversized_signals += 1
+        log.error("%s for %s is %d bytes, over the bus limit of %d: replaced by an error", signal, where, size, limit)
 
     async def send(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
         try:

@@ -173,6 +173,9 @@ class RequestShell:
     async def _finish(self, request: LlmRequest, response: LlmResponse, reply: str, traceparent: str | None,
                       life: RequestLifecycle) -> None:
         """The one place a request is answered and counted."""
+        if request.stream:
+            response.warnings = [STREAM_NOT_SUPPORTED]
+        response, payload = self.outbox.prepare_answer(response)  # what is sent is what is counted
         life.process_answer(response.error.code if response.error else "ok")
         metrics = self.state.metrics
         metrics.in_flight -= 1
@@ -182,9 +185,7 @@ class RequestShell:
             metrics.failed += 1
             code = response.error.code
             metrics.errors_by_code[code] = metrics.errors_by_code.get(code, 0) + 1
-        if request.stream:
-            response.warnings = [STREAM_NOT_SUPPORTED]
-        await self.outbox.answer(response, reply, traceparent)
+        await self.outbox.send_answer(request.agent_id, payload, reply, traceparent)
 
     async def _decide(self, request: LlmRequest, traceparent: str | None) -> tuple[list[Deployment], str]:
         """Route and publish the routing_decision; return the deployments to try in order.

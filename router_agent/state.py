@@ -90,6 +90,8 @@ class Metrics:
     invalid_inputs: int = 0
     invalid_by_code: dict[str, int] = field(default_factory=dict)
     internal_errors: int = 0
+    oversized_signals: int = 0
+    """Signals too large for the bus: each was replaced by an error or reported on router_error."""
     errors_by_code: dict[str, int] = field(default_factory=dict)
     requests_by_provider: dict[str, int] = field(default_factory=dict)
     avg_latency_by_provider: dict[str, float] = field(default_factory=dict)

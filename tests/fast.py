@@ -145,12 +145,13 @@ async def start_fast_agent(
     *,
     mock: MockAdapter | None = None,
     adapters: Mapping[str, Adapter] | None = None,
+    bus: MemoryNats | None = None,
     **agent_kwargs: Any,
 ) -> FastAgent:
-    """Build and start an agent on a fresh ``MemoryNats``; the caller stops it."""
+    """Build and start an agent on a fresh ``MemoryNats`` (or ``bus``); the caller stops it."""
     mock = mock or MockAdapter()
     config = make_config(deep_merge(FAST_OVERRIDES, overrides or {}))
-    bus = MemoryNats()
+    bus = bus or MemoryNats()
     agent_nc = bus.connect("router-agent-fast")
     client_nc = bus.connect("fast-client")
     agent_kwargs.setdefault("emulator_url", MOCK_URL)

@@ -1,0 +1,45 @@
+"""A signal too large for the bus is never dropped silently (fast: in-memory bus, mock adapter)."""
+
+from __future__ import annotations
+
+import signals as sig
+from router_agent.outbox import Outbox
+from router_agent.state import Metrics
+from tests.conftest import Collector
+from tests.fast import fast_fixture  # noqa: F401 - the `fast` fixture
+from tests.membus import MemoryNats
+
+
+async def test_an_answer_too_large_for_the_bus_reaches_the_caller_as_a_typed_error(fast):
+    bus = MemoryNats(max_payload=64 * 1024)
+    f = await fast.start(bus=bus)
+    f.mock.script(("openai", "gpt-4-turbo"), content="x" * (100 * 1024))
+    stream = await f.client.collect(f.subjects.llm_response("tester"))
+    request = f.client.new_request(model="gpt-4-turbo")
+    response = await f.client.ask(request)
+    assert response.status == "error"
+    assert response.error.code == "payload_too_large" and "the bus allows 65536" in response.error.message
+    assert response.cost_usd > 0  # what the provider billed is still reported
+    copy = await stream.wait_for(lambda r: r.request_id == request.request_id)
+    assert copy.error.code == "payload_too_large"
+    m = f.agent.state.metrics
+    assert m.oversized_signals == 1  # one answer, replaced once, sent to the reply and the stream
+    assert (m.completed, m.failed, m.errors_by_code) == (0, 1, {"payload_too_large": 1})
+
+
+async def test_any_other_signal_too_large_is_reported_on_router_error_not_sent():
+    bus = MemoryNats(max_payload=2048)
+    agent_nc, observer = bus.connect("agent"), bus.connect("observer")
+    errors, reports = Collector(), Collector()
+    await observer.subscribe("router_error", cb=errors.on_message)
+    await observer.subscribe("cost_report", cb=reports.on_message)
+    metrics = Metrics()
+    outbox = Outbox(agent_nc, sig.EventFactory("test"), sig.Subjects(), metrics)
+    lines = {f"agent-{i:04d}": sig.CostLine(requests=1) for i in range(200)}
+    await outbox.publish("cost_report", "cost_report",
+                         sig.CostReport(instance_id="i", since="2026-01-01T00:00:00Z", total=sig.CostLine(), by_agent=lines))
+    error = await errors.wait_for(lambda e: True)
+    assert error.subject == "cost_report" and error.error.code == "payload_too_large"
+    assert metrics.oversized_signals == 1
+    await observer.flush()
+    assert reports.items == []
