@@ -113,6 +113,10 @@ class RequestShell:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            # serve() contains everything up to the answer; this is a bug in answering itself.
+            log.error("request task failed while answering", exc_info=task.exception())
+            self.state.metrics.internal_errors += 1
 
     async def _refuse_stopping(self, request: LlmRequest, reply: str, traceparent: str | None,
                                life: RequestLifecycle) -> None:
@@ -360,12 +364,19 @@ class _PartialEvent(msgspec.Struct):
 
 
 def _partial(payload: bytes) -> _Partial:
+    """Never raises: the input was already refused and must still be answered. Besides its
+    own errors, msgspec raises RecursionError on deep nesting (also when it only skips a
+    field) and UnicodeDecodeError on a string that is not UTF-8 (``signals.envelope``)."""
     try:
         event = msgspec.json.decode(payload, type=_PartialEvent)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return _Partial()
     return event.data or _Partial()
 
 
 def _short(value: Any, limit: int = 128) -> str:
-    return value[:limit] if isinstance(value, str) else ""
+    """A string id as it was sent, or "" when it is not one or is longer than an Identifier.
+
+    Never cut: a cut id could be another agent's, and the answer would reach its subject.
+    """
+    return value if isinstance(value, str) and len(value) <= limit else ""

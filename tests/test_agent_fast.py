@@ -577,3 +577,20 @@ async def test_tuple_keys_keep_provider_a_and_provider_a_slash_b_apart(fast):
     answers = await asyncio.gather(*pending)
     assert sorted((a.agent_id, a.request_id) for a in answers) == [("x", "y/z"), ("x/y", "z")]
     assert f.state.active_requests == {}
+
+
+async def test_a_bug_while_answering_is_logged_and_counted_not_lost_as_a_task_exception(fast, caplog):
+    f = await fast.start()
+
+    def broken_prepare(response):
+        raise RuntimeError("encoder bug")
+
+    f.agent.outbox.prepare_answer = broken_prepare  # the one step serve() does not contain
+    request = f.client.new_request(model="gpt-4-turbo")
+    reply = await f.send(request)
+    await f.mock.wait_for_calls(1)
+    while f.agent.requests.tasks:  # the task ends on its own; wait for it, not for a time
+        await asyncio.wait(set(f.agent.requests.tasks))
+    assert f.agent.state.metrics.internal_errors == 1
+    assert "request task failed while answering" in caplog.text
+    del reply
