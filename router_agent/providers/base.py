@@ -36,8 +36,29 @@ class Adapter(Protocol):
         ...
 
 
+def redirect_error(status: int) -> ProviderError:
+    """A 3xx from a provider: not followed (it could point anywhere, past the endpoint
+    policy), and not retried (the next attempt would be answered the same way)."""
+    return ProviderError(
+        "provider_error",
+        f"upstream answered with a redirect ({status}); redirects are not followed: "
+        "configure the provider's final URL",
+        False,
+        status,
+    )
+
+
+def unreachable_error(detail: str) -> ProviderError:
+    """No answer from the provider (connection refused, DNS, reset, endpoint policy)."""
+    return ProviderError("provider_error", f"cannot reach provider: {detail}", True)
+
+
 def status_error(status: int, detail: str) -> ProviderError:
-    """Map an upstream HTTP status to a typed, retry-aware error."""
+    """Map an upstream HTTP status to a typed, retry-aware error.
+
+    ``detail`` is upstream text: the caller has passed it through ``core.redact.redact``."""
+    if 300 <= status < 400:
+        return redirect_error(status)
     if status == 429:
         return ProviderError("rate_limited", f"upstream rate limited (429): {detail}", True, status)
     if status in (408, 409) or status >= 500:

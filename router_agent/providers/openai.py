@@ -1,4 +1,9 @@
-"""OpenAI-compatible chat completions over HTTP (OpenAI, vLLM, llama.cpp, Ollama, emulator)."""
+"""OpenAI-compatible chat completions over HTTP (OpenAI, vLLM, llama.cpp, Ollama, emulator).
+
+Upstream text (error messages, decode errors) is redacted before it becomes an error
+message: an upstream may echo the key it was sent, and the message is published on the bus.
+Redirects are not followed (``router_agent/http.py``): a 3xx fails the call and the probe.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import aiohttp
 import msgspec
 
 from router_agent.core.model import Deployment
-from router_agent.http import HttpClient
-from router_agent.providers.base import Completion, ProviderError, status_error
+from router_agent.core.redact import redact
+from router_agent.http import HttpClient, endpoint_refusal
+from router_agent.providers.base import Completion, ProviderError, status_error, unreachable_error
 from signals import LlmRequest
 
 
@@ -72,13 +78,14 @@ class OpenAIAdapter:
         try:
             result = await self._http.post(f"{deployment.base_url}/chat/completions", body, headers)
         except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderError("provider_error", f"cannot reach provider: {type(exc).__name__}", True) from None
+            raise unreachable_error(_unreachable_detail(exc)) from None
         if result.status != 200:
-            raise status_error(result.status, _error_detail(result.body))
+            raise status_error(result.status, _error_detail(result.body, api_key))
         try:
             parsed = _decoder.decode(result.body)
         except msgspec.DecodeError as exc:
-            raise ProviderError("provider_error", f"unreadable provider answer: {exc}", True) from None
+            detail = redact(str(exc)[:_DETAIL_SCAN], (api_key,))[:_DETAIL_LIMIT]
+            raise ProviderError("provider_error", f"unreadable provider answer: {detail}", True) from None
         if not parsed.choices:
             raise ProviderError("provider_error", "provider answered with no choices", True)
         choice = parsed.choices[0]
@@ -94,10 +101,13 @@ class OpenAIAdapter:
         try:
             result = await self._http.get(f"{base_url}/models", headers)
         except (aiohttp.ClientError, OSError) as exc:
-            return False, f"cannot reach {base_url}: {type(exc).__name__}", False
+            return False, f"cannot reach {base_url}: {_unreachable_detail(exc)}", False
         emulated = result.headers.get("x-emulated", "").lower() == "true"
         if result.status == 200:
             return True, "ok", emulated
+        if 300 <= result.status < 400:
+            return False, (f"{base_url}/models answered with a redirect (HTTP {result.status}); "
+                           "redirects are not followed: register the final URL"), emulated
         return False, f"{base_url}/models answered HTTP {result.status}", emulated
 
 
@@ -105,12 +115,25 @@ class _ErrorBody(msgspec.Struct):
     error: dict | str | None = None
 
 
-def _error_detail(body: bytes) -> str:
-    """The upstream's own error message, trimmed; never the request (it may hold secrets)."""
+_DETAIL_LIMIT = 200
+"""Characters of upstream text kept in an error message."""
+_DETAIL_SCAN = 1000
+"""Characters redacted before the cut to ``_DETAIL_LIMIT``: a key across the cut is whole then."""
+
+
+def _error_detail(body: bytes, api_key: str | None) -> str:
+    """The upstream's own error message, redacted and trimmed; never the request."""
     try:
         error = msgspec.json.decode(body, type=_ErrorBody).error
     except msgspec.DecodeError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(error, dict):
-        return str(error.get("message", ""))[:200]
-    return str(error or "")[:200]
+        text = body[:_DETAIL_SCAN].decode("utf-8", "replace")
+    else:
+        text = str(error.get("message", "")) if isinstance(error, dict) else str(error or "")
+    return redact(text[:_DETAIL_SCAN], (api_key,))[:_DETAIL_LIMIT]
+
+
+def _unreachable_detail(exc: BaseException) -> str:
+    """Why no answer came: the endpoint policy's refusal (host named, addresses not), or
+    the exception's type (its text may carry addresses and OS detail)."""
+    refusal = endpoint_refusal(exc)
+    return refusal.strerror if refusal is not None else type(exc).__name__
