@@ -7,6 +7,19 @@ with ``type`` = ``io.llmrouter.<signal>.v<N>``. Trace context travels in the NAT
 Decoding is two-step on purpose: the envelope first (``data`` kept raw), so that a wrong
 ``type`` or version gets its own error code (``unsupported_version``) instead of a
 confusing field error; then ``data`` against the signal's Struct.
+
+Whatever the bytes, decoding ends in a value or a ``SignalError``, never another exception.
+Two inputs need care because msgspec reports them outside its own ``DecodeError``:
+
+- Nesting. msgspec recurses once per ``[`` / ``{`` (also to skip a value it ignores, or to
+  find the end of the raw ``data``) and stops with a ``RecursionError`` when it reaches the
+  interpreter's recursion limit: a little under 1,000 levels with the default limit and a
+  shallow stack, as in a NATS callback. The deepest signal nests 5 levels, so only hostile
+  or broken input gets there: it is answered ``malformed_json``. Catching it costs nothing
+  on valid input; a pre-scan of the bytes for depth would cost on every message.
+- Invalid UTF-8 inside a JSON string raises ``UnicodeDecodeError`` (a ``ValueError``) when
+  the string is decoded: ``malformed_json`` too. A string in a field that is skipped (an
+  extension attribute the router ignores) is not decoded, so it is not checked.
 """
 
 from __future__ import annotations
@@ -117,8 +130,15 @@ def encode_event(signal: str, data: Any, source: str = "client", event_id: str |
     return _encoder.encode(event)
 
 
+TOO_DEEP = "JSON is malformed: nested too deeply"
+NOT_UTF8 = "JSON is malformed: a string is not valid UTF-8"
+
+
 def decode_event(payload: bytes, signal: str) -> tuple[_RawEvent, Any]:
-    """Decode a signal expected on a subject; raise SignalError naming what is wrong."""
+    """Decode a signal expected on a subject; raise SignalError naming what is wrong.
+
+    Raises nothing else, whatever ``payload`` holds (see the module's docstring).
+    """
     try:
         raw = _raw_decoder.decode(payload)
     except msgspec.DecodeError as exc:
@@ -127,6 +147,10 @@ def decode_event(payload: bytes, signal: str) -> tuple[_RawEvent, Any]:
             raise SignalError("malformed_json", text) from None
         message, path = _located(text, "$")
         raise SignalError("invalid_request", f"not a CloudEvent: {message}", path) from None
+    except RecursionError:
+        raise SignalError("malformed_json", TOO_DEEP) from None
+    except UnicodeDecodeError as exc:
+        raise SignalError("malformed_json", f"{NOT_UTF8} ({exc.reason})") from None
     if raw.specversion != SPECVERSION:
         raise SignalError(
             "unsupported_version", f"specversion {raw.specversion!r} is not supported (want '1.0')"
@@ -145,6 +169,10 @@ def decode_event(payload: bytes, signal: str) -> tuple[_RawEvent, Any]:
         raise SignalError("invalid_request", message, path) from None
     except msgspec.DecodeError as exc:
         raise SignalError("malformed_json", str(exc)) from None
+    except RecursionError:
+        raise SignalError("malformed_json", TOO_DEEP) from None
+    except UnicodeDecodeError as exc:
+        raise SignalError("malformed_json", f"{NOT_UTF8} ({exc.reason})") from None
     return raw, data
 
 
@@ -154,6 +182,7 @@ def decode_data(payload: bytes, signal: str) -> Any:
 
 
 _FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`")
+_KEY = "key` in `"
 
 
 def _located(text: str, root: str) -> tuple[str, str]:
@@ -164,7 +193,11 @@ def _located(text: str, root: str) -> tuple[str, str]:
     """
     head, marker, at = text.rpartition(" - at `")
     if marker:
-        path = root + at.rstrip("`")[1:]
+        # A bad dict key is reported "at `key` in `$.x`": the path is the dict's.
+        key = at.startswith(_KEY)
+        path = root + at.removeprefix(_KEY).rstrip("`")[1:]
+        if key:
+            return f"{head} - at a key in `{path}`", path
     else:
         head, path = text, root
     field = _FIELD.match(head)

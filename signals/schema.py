@@ -12,6 +12,9 @@ Rules of this file:
 - Nothing about a signal is written by hand here. Field descriptions come from the attribute
   docstrings in the source (Python discards them at run time, and msgspec's schema only
   carries the class docstring), the subject table from ``signals.subjects``' docstring.
+- Patterns are written for ECMA-262, the regex dialect of JSON Schema: the types end theirs
+  in ``\\Z`` (Python's ``$`` also matches before a final newline), which is written ``$``
+  here (in ECMA-262 without the ``m`` flag it matches only at the very end).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def signal_schema(name: str) -> dict[str, Any]:
     """The JSON Schema (2020-12) of the ``data`` of one signal, with field descriptions."""
     schema = msgspec.json.schema(_struct(name))
     _add_field_descriptions(schema)
+    _ecma_patterns(schema)
     return {"$schema": JSON_SCHEMA_DIALECT, **schema}
 
 
@@ -71,6 +75,7 @@ def envelope_schema(name: str) -> dict[str, Any]:
     cls = _struct(name)
     schema = msgspec.json.schema(CloudEvent[cls])  # type: ignore[valid-type]
     _add_field_descriptions(schema)
+    _ecma_patterns(schema)
     event = schema["$defs"][schema["$ref"].rsplit("/", 1)[1]]
     event["properties"]["specversion"] = {"const": SPECVERSION}
     event["properties"]["type"] = {"const": event_type(name)}
@@ -94,6 +99,28 @@ def _add_field_descriptions(schema: dict[str, Any]) -> None:
         for field, prop in definition.get("properties", {}).items():
             if field in docs and "description" not in prop:
                 prop["description"] = docs[field]
+
+
+def ecma_pattern(pattern: str) -> str:
+    """A Python pattern anchored with ``\\Z`` as the same ECMA-262 pattern (``$``)."""
+    if pattern.endswith("\\Z"):
+        pattern = pattern[:-2] + "$"
+    if "\\Z" in pattern or "\\A" in pattern:
+        raise ValueError(f"pattern {pattern!r} has an anchor ECMA-262 lacks: end it in \\Z only")
+    return pattern
+
+
+def _ecma_patterns(node: Any) -> None:
+    """Rewrite every ``pattern`` keyword in a schema, in place."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                node[key] = ecma_pattern(value)
+            else:
+                _ecma_patterns(value)
+    elif isinstance(node, list):
+        for item in node:
+            _ecma_patterns(item)
 
 
 def _all_struct_classes() -> Iterator[type[msgspec.Struct]]:
@@ -164,21 +191,22 @@ def _bounds(info: mi.IntType | mi.FloatType) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _length(info: Any, unit: str) -> list[str]:
+def _length(info: Any, unit: str, units: str = "") -> list[str]:
+    units = units or f"{unit}s"
     low, high = info.min_length, info.max_length
     if low is not None and high is not None:
-        return [f"{low}..{high} {unit}s"]
+        return [f"{low}..{high} {units}"]
     if low is not None:
-        return [f"at least {low} {unit}{'' if low == 1 else 's'}"]
+        return [f"at least {low} {unit if low == 1 else units}"]
     if high is not None:
-        return [f"at most {high} {unit}{'' if high == 1 else 's'}"]
+        return [f"at most {high} {unit if high == 1 else units}"]
     return []
 
 
 def _string(info: mi.StrType) -> str:
     extra = _length(info, "char")
     if info.pattern is not None:
-        extra.append(f"pattern `{info.pattern}`")
+        extra.append(f"pattern `{ecma_pattern(info.pattern)}`")
     return "string" + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -218,7 +246,12 @@ def render_type(info: mi.Type, nested: bool = False) -> str:
         )
         return f"({text})" if nested else text
     if isinstance(info, mi.DictType):
-        text = f"object of {render_type(info.value_type, nested=True)}"
+        extra = _length(info, "entry", "entries")
+        if info.key_type != mi.StrType():
+            extra.append(f"keys {render_type(info.key_type, nested=True)}")
+        text = f"object of {render_type(info.value_type, nested=True)}" + (
+            f" ({', '.join(extra)})" if extra else ""
+        )
         return f"({text})" if nested else text
     if isinstance(info, mi.UnionType):
         text = " or ".join(render_type(t, nested=True) for t in info.types)

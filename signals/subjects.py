@@ -13,6 +13,13 @@
 
 Per-agent and per-provider suffixes let a consumer select (``llm_response.cto_agent``)
 or take everything (``llm_response.>``).
+
+The suffix is one subject token made from the id by ``signals.token``: characters other
+than letters, digits and ``_ - : @ /`` are percent-encoded as UTF-8 bytes (``%2E`` for
+``.``, ``%25`` for ``%``), so an Identifier only changes where it has a dot
+(``team.agent`` -> ``llm_response.team%2Eagent``) and two different ids never share a
+subject. ``signals.subjects.untoken`` reverses it. The empty string, which no id is,
+becomes ``%``.
 """
 
 from __future__ import annotations
@@ -20,12 +27,34 @@ from __future__ import annotations
 import re
 
 QUEUE_GROUP = "router"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+# Kept as they are: the Identifier alphabet without '.', none of it special to NATS (which
+# reserves '.', '*', '>' and whitespace) and none of it '%', the escape. '$' (a system
+# subject when it leads) and everything else is escaped.
+_ESCAPED = re.compile(r"[^A-Za-z0-9_:@/\-]+")
+_ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
 
 
 def token(value: str) -> str:
-    """Make a value safe as a single subject token ('.', '*', '>' and spaces become '_')."""
-    return _UNSAFE.sub("_", value) or "_"
+    """One subject token for an id; different values give different tokens (see above)."""
+    if not value:
+        return "%"
+    if _ESCAPED.search(value) is None:  # the common case, twice as fast as sub()
+        return value
+    return _ESCAPED.sub(_escape, value)
+
+
+def untoken(subject_token: str) -> str:
+    """The value ``token`` was given (for a consumer of ``llm_response.>`` reading the id)."""
+    if subject_token == "%":
+        return ""
+    return _ESCAPES.sub(
+        lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "surrogatepass"),
+        subject_token,
+    )
 
 
 class Subjects:

@@ -15,16 +15,48 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+# --------------------------------------------------------------------------- limits
+#
+# Every number a caller or operator sends is bounded, so that arithmetic on it stays finite
+# (a price of 1.7e308 once made costs infinite, which JSON writes as null) and an upstream
+# API can take what is forwarded to it; every string and list that is copied into signals,
+# logs or upstream requests is bounded, so that one small message cannot make much work.
+# The limits are far beyond what a real deployment sends. Config loaders may import them.
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+MAX_PRICE_PER_1K_TOKENS_USD = 1_000.0
+MAX_CONTEXT_WINDOW = 100_000_000
+MAX_RATE_PER_MINUTE = 1_000_000_000
+MAX_WEIGHT = 1_000.0
+MAX_COST_USD = 1_000_000.0
+MAX_LATENCY_MS = 3_600_000
+MAX_MODELS_PER_PROVIDER = 256
+MAX_CAPABILITIES = 64
+
 # --------------------------------------------------------------------------- shared pieces
 
-Identifier = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
-"""An id chosen by a caller or operator: request ids, agent ids, provider and model names."""
+# Patterns end in ``\Z``, not ``$``: in Python ``$`` also matches before a final newline, so
+# ``"rid\n"`` passed. The exported JSON Schema writes ``$``, which in an ECMA-262 regex (what
+# JSON Schema uses) already means the very end (``signals.schema``).
+
+Identifier = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+\Z")]
+"""An id chosen by a caller or operator: request ids, agent ids, provider and model names.
+No spaces or line breaks, so it can be logged as it is; ``signals.subjects.token`` maps it to
+one subject token, one token per id."""
+
+Capability = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@/-]+\Z")]
+"""A capability name (``code_generation``): the characters of an Identifier, at most 64."""
+
+Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+Price = Annotated[float, Meta(ge=0, le=MAX_PRICE_PER_1K_TOKENS_USD)]
+RatePerMinute = Annotated[int, Meta(ge=1, le=MAX_RATE_PER_MINUTE)]
+Weight = Annotated[float, Meta(ge=0, le=MAX_WEIGHT)]
 
 ProviderApi = Literal["openai", "anthropic", "gemini"]
 """Wire formats the contract knows; ``openai`` covers vLLM, llama.cpp, LM Studio and Ollama's
 OpenAI-compatible endpoint. The router says which it has an adapter for."""
 
-NonNegative = Annotated[float, Meta(ge=0)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 
 ErrorCode = Literal[
@@ -71,7 +103,8 @@ class ChatMessage(Struct, kw_only=True, omit_defaults=True, forbid_unknown_field
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
-    name: str | None = None
+    """Bounded only by the router's ``max_payload_bytes``."""
+    name: Annotated[str, Meta(max_length=128)] | None = None
 
 
 class Params(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -80,8 +113,10 @@ class Params(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tru
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     top_p: Probability | None = None
     max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
+    stop: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=16)] | None = None
+    """At most 16 stop sequences of at most 256 characters each."""
+    seed: Int64 | None = None
+    """A signed 64-bit integer."""
     presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
 
@@ -89,23 +124,37 @@ class Params(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tru
 class Task(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """What the caller says about the work; routing rules in ``config/agents.yaml`` read it."""
 
-    type: str | None = None
+    type: Annotated[str, Meta(max_length=128)] | None = None
     complexity: Annotated[int, Meta(ge=0, le=10)] | None = None
     privacy_level: Literal["low", "normal", "high"] | None = None
     critical: bool = False
     involves_ui_design: bool = False
     requires_reasoning: bool = False
-    tags: dict[str, str | int | float | bool] = {}
+    tags: Annotated[
+        dict[
+            Annotated[str, Meta(max_length=64)],
+            Annotated[str, Meta(max_length=256)]
+            | Int64
+            | Annotated[float, Meta(ge=float(INT64_MIN), le=float(INT64_MAX))]
+            | bool,
+        ],
+        Meta(max_length=32),
+    ] = {}
+    """At most 32 tags; keys up to 64 characters, text values up to 256, numbers within the
+    64-bit integer range."""
 
 
 class Requirements(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """Hard constraints: a candidate that misses one is removed, never ranked."""
 
-    capabilities: list[str] = []
-    max_cost_usd: NonNegative | None = None
-    max_latency_ms: Annotated[int, Meta(ge=1)] | None = None
+    capabilities: Annotated[list[Capability], Meta(max_length=MAX_CAPABILITIES)] = []
+    """At most 64 capability names, every one required of a candidate."""
+    max_cost_usd: Annotated[float, Meta(ge=0, le=MAX_COST_USD)] | None = None
+    """The estimated cost of the request, in USD, above which a candidate is removed (at most
+    1,000,000)."""
+    max_latency_ms: Annotated[int, Meta(ge=1, le=MAX_LATENCY_MS)] | None = None
     """Removes deployments whose observed latency (an average of their successful
-    attempts) is above it; a deployment not yet observed is kept."""
+    attempts) is above it; a deployment not yet observed is kept. At most 3,600,000 (an hour)."""
     model_type: Literal["cloud", "local"] | None = None
 
 
@@ -124,7 +173,11 @@ class LlmRequest(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields
     """Streaming is not supported yet: the answer comes as one final ``llm_response``
     carrying a warning that says so."""
     timeout_ms: Annotated[int, Meta(ge=1, le=3_600_000)] | None = None
-    metadata: dict[str, str] = {}
+    metadata: Annotated[
+        dict[Annotated[str, Meta(max_length=128)], Annotated[str, Meta(max_length=2048)]],
+        Meta(max_length=64),
+    ] = {}
+    """At most 64 entries; keys up to 128 characters, values up to 2,048."""
 
 
 # --------------------------------------------------------------------------- routing_decision
@@ -201,13 +254,17 @@ class LlmResponse(Struct, kw_only=True, omit_defaults=True):
 
 
 class ModelPrice(Struct, kw_only=True, forbid_unknown_fields=True):
-    input: NonNegative = 0.0
-    output: NonNegative = 0.0
+    """USD per 1,000 tokens; at most 1,000, so that every cost the router computes is finite."""
+
+    input: Price = 0.0
+    output: Price = 0.0
 
 
 class RateLimits(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
-    tokens_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    """Per minute, at most 1,000,000,000."""
+
+    requests_per_minute: RatePerMinute | None = None
+    tokens_per_minute: RatePerMinute | None = None
 
 
 class ModelSpec(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -215,11 +272,14 @@ class ModelSpec(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=
 
     name: Identifier
     """The router's name for the model (what callers and agents.yaml say)."""
-    model_id: str | None = None
-    """The provider's own id for it; defaults to ``name``."""
-    capabilities: list[str] = []
+    model_id: Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[!-~]+\Z")] | None = None
+    """The provider's own id for it (``mistralai/Mistral-7B-Instruct``); defaults to ``name``.
+    Printable ASCII without spaces, at most 256 characters."""
+    capabilities: Annotated[list[Capability], Meta(max_length=MAX_CAPABILITIES)] = []
+    """At most 64 capability names."""
     cost_per_1k_tokens: ModelPrice = msgspec.field(default_factory=ModelPrice)
-    context_window: Annotated[int, Meta(ge=1)] | None = None
+    context_window: Annotated[int, Meta(ge=1, le=MAX_CONTEXT_WINDOW)] | None = None
+    """In tokens, at most 100,000,000."""
     rate_limits: RateLimits = msgspec.field(default_factory=RateLimits)
 
 
@@ -232,15 +292,16 @@ class ProviderRegister(Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     registration (``invalid_provider_config``)."""
     base_url: Annotated[str, Meta(min_length=1, max_length=2048)]
     type: Literal["cloud", "local"] = "local"
-    models: Annotated[list[ModelSpec], Meta(min_length=1)]
-    api_key_env: str | None = None
+    models: Annotated[list[ModelSpec], Meta(min_length=1, max_length=MAX_MODELS_PER_PROVIDER)]
+    """At most 256 models per provider."""
+    api_key_env: Annotated[str, Meta(max_length=256)] | None = None
     """Name of the environment variable holding the key (preferred)."""
-    api_key_file: str | None = None
-    api_key: str | None = None
+    api_key_file: Annotated[str, Meta(max_length=4096)] | None = None
+    api_key: Annotated[str, Meta(max_length=4096)] | None = None
     """A raw key: accepted only where config allows it; never echoed or stored in dumps."""
-    weight: Annotated[float, Meta(ge=0)] = 1.0
+    weight: Weight = 1.0
     """Share of first choices relative to the other candidates of a request (round robin is
-    weighted by it); 0 makes the provider a fallback only."""
+    weighted by it), at most 1,000; 0 makes the provider a fallback only."""
     enabled: bool = True
     timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
     """One attempt's timeout; when it passes, the attempt counts as the provider's failure
@@ -270,13 +331,14 @@ class ProviderUpdate(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fi
 
     provider: Identifier
     enabled: bool | None = None
-    weight: Annotated[float, Meta(ge=0)] | None = None
+    weight: Weight | None = None
     """Share of first choices relative to the other candidates of a request (round robin is
-    weighted by it); 0 makes the provider a fallback only."""
+    weighted by it), at most 1,000; 0 makes the provider a fallback only."""
     timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
     """One attempt's timeout; when it passes, the attempt counts as the provider's failure
     and the request moves on to its next candidate (the request's deadline still bounds it)."""
-    models: list[ModelUpdate] = []
+    models: Annotated[list[ModelUpdate], Meta(max_length=MAX_MODELS_PER_PROVIDER)] = []
+    """At most 256 models."""
 
 
 class ProviderHealth(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -284,8 +346,10 @@ class ProviderHealth(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fi
 
     provider: Identifier
     status: Literal["healthy", "degraded", "unhealthy"]
-    latency_ms: NonNegative | None = None
-    detail: str = ""
+    latency_ms: Annotated[float, Meta(ge=0, le=MAX_LATENCY_MS)] | None = None
+    """At most 3,600,000 (an hour)."""
+    detail: Annotated[str, Meta(max_length=500)] = ""
+    """At most 500 characters."""
 
 
 class ProviderStats(Struct, kw_only=True, omit_defaults=True):
@@ -353,10 +417,21 @@ SIGNAL_TYPES: dict[str, type[Struct]] = {
 }
 
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_CAPABILITIES",
+    "MAX_CONTEXT_WINDOW",
+    "MAX_COST_USD",
+    "MAX_LATENCY_MS",
+    "MAX_MODELS_PER_PROVIDER",
+    "MAX_PRICE_PER_1K_TOKENS_USD",
+    "MAX_RATE_PER_MINUTE",
+    "MAX_WEIGHT",
     "SIGNAL_TYPES",
     "AssistantMessage",
     "Attempt",
     "Candidate",
+    "Capability",
     "ChatMessage",
     "CostLine",
     "CostReport",

@@ -7,6 +7,7 @@ the router, so nothing here may need ``router_agent``.
 from __future__ import annotations
 
 import json
+import re
 import string
 from typing import Any
 
@@ -26,6 +27,7 @@ from signals import (
     event_type,
     token,
 )
+from signals.subjects import untoken
 from signals.types import (
     SIGNAL_TYPES,
     AssistantMessage,
@@ -417,22 +419,32 @@ def test_subjects_with_prefix(prefix: str) -> None:
     [
         ("cto_agent", "cto_agent"),
         ("a-b", "a-b"),
-        ("team.agent", "team_agent"),
-        ("all*", "all_"),
-        ("x>", "x_"),
-        ("my agent", "my_agent"),
-        ("", "_"),
+        ("agent.v2:eu-west/1@prod", "agent%2Ev2:eu-west/1@prod"),
+        ("team.agent", "team%2Eagent"),
+        ("all*", "all%2A"),
+        ("x>", "x%3E"),
+        ("my agent", "my%20agent"),
+        ("100%", "100%25"),
+        ("ü", "%C3%BC"),
+        ("", "%"),
     ],
 )
 def test_token(value: str, expected: str) -> None:
     assert token(value) == expected
+    assert untoken(expected) == value
 
 
 def test_an_agent_id_cannot_widen_a_subscription() -> None:
     """An agent id with wildcards or dots must stay one literal token of the subject."""
     subject = Subjects("p").llm_response("a.*.>")
-    assert subject == "p.llm_response.a____"
+    assert subject == "p.llm_response.a%2E%2A%2E%3E"
     assert subject.count(".") == 2
+
+
+def test_ids_that_differ_get_different_subjects() -> None:
+    """``a.b`` and ``a_b`` once shared ``llm_response.a_b``: each heard the other's answers."""
+    ids = ["a.b", "a_b", "a:b", "a@b", "a/b", "a-b", "ab", "a%2Eb", "a%b", "a b", "a*b", "a>b"]
+    assert len({Subjects().llm_response(i) for i in ids}) == len(ids)
 
 
 # --------------------------------------------------------------------------- property
@@ -440,6 +452,7 @@ def test_an_agent_id_cannot_widen_a_subscription() -> None:
 
 _ID_ALPHABET = string.ascii_letters + string.digits + "_.:@/-"
 identifiers = st.text(_ID_ALPHABET, min_size=1, max_size=128)
+capabilities = st.text(_ID_ALPHABET, min_size=1, max_size=64)
 short_text = st.text(max_size=40)
 
 
@@ -488,13 +501,15 @@ requests = st.builds(
         critical=st.booleans(),
         involves_ui_design=st.booleans(),
         requires_reasoning=st.booleans(),
-        tags=st.dictionaries(short_text, short_text | int64 | finite() | st.booleans(), max_size=4),
+        tags=st.dictionaries(
+            short_text, short_text | int64 | finite(-9.2e18, 9.2e18) | st.booleans(), max_size=4
+        ),
     ),
     requirements=st.builds(
         Requirements,
-        capabilities=st.lists(short_text, max_size=3),
+        capabilities=st.lists(capabilities, max_size=3),
         max_cost_usd=_optional(finite(0, 1e6)),
-        max_latency_ms=_optional(st.integers(1, 10**9)),
+        max_latency_ms=_optional(st.integers(1, 3_600_000)),
         model_type=_optional(st.sampled_from(["cloud", "local"])),
     ),
     stream=st.booleans(),
@@ -512,3 +527,27 @@ def test_any_valid_request_round_trips(request: LlmRequest) -> None:
     assert [type(v) for v in data.task.tags.values()] == [
         type(v) for v in request.task.tags.values()
     ]
+
+
+# A subject token may hold anything but '.', '*' and '>' (wildcards when alone) and
+# whitespace; tokens starting with '$' are the server's by convention.
+_NOT_IN_A_TOKEN = re.compile(r"[.*>\s]|^\$")
+
+
+@settings(max_examples=500, deadline=None)
+@given(identifiers, identifiers)
+def test_token_is_injective_over_identifiers(a: str, b: str) -> None:
+    assert (token(a) == token(b)) == (a == b)
+    assert untoken(token(a)) == a
+    assert not _NOT_IN_A_TOKEN.search(token(a))
+    if "." not in a:
+        assert token(a) == a, "an id without dots is its own token"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_token_is_injective_over_any_text(value: str) -> None:
+    """Invalid input is answered on a subject built from what could be read: any string."""
+    result = token(value)
+    assert untoken(result) == value
+    assert result and not _NOT_IN_A_TOKEN.search(result)
