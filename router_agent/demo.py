@@ -37,7 +37,7 @@ async def _workload(agent: RouterAgent, url: str) -> None:
         decision = sig.decode_data(msg.data, "routing_decision")
         decisions[decision.request_id] = decision
 
-    await nc.subscribe(subjects.routing_decision("*"), cb=on_decision)
+    await nc.subscribe(f"{subjects.prefix}routing_decision.*", cb=on_decision)
     await sync_subscriptions(nc)
     print("\n--- demo workload: requests sent over NATS like any agent would -----------------", flush=True)
     for i, (agent_id, prompt, extra) in enumerate(WORKLOAD, 1):

@@ -55,7 +55,7 @@ class Outbox:
         headers = {"traceparent": traceparent} if traceparent else None
         if reply:
             await self.send(reply, payload, headers)
-        await self.send(self.subjects.llm_response(agent_id or "_invalid"), payload, headers)
+        await self.send(self.subjects.llm_response(agent_id), payload, headers)  # "" -> llm_response.%
 
     async def answer(self, response: LlmResponse, reply: str, traceparent: str | None) -> None:
         """Prepare and send an answer that is not counted as a request (invalid input)."""
@@ -66,7 +66,7 @@ class Outbox:
         payload = self.events.encode("provider_registered", answer)
         if reply:
             await self.send(reply, payload, None)
-        await self.send(self.subjects.provider_registered(answer.provider or "_invalid"), payload, None)
+        await self.send(self.subjects.provider_registered(answer.provider), payload, None)
 
     async def router_error(self, reply: str, error: RouterError) -> None:
         await self.send(reply or self.subjects.router_error, self.events.encode("router_error", error), None)

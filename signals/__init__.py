@@ -14,7 +14,7 @@ from signals.envelope import (
     encode_event,
     event_type,
 )
-from signals.subjects import QUEUE_GROUP, Subjects, token
+from signals.subjects import QUEUE_GROUP, Subjects, token, untoken
 from signals.types import *
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "encode_event",
     "event_type",
     "token",
+    "untoken",
 ]
 __all__ += types.__all__

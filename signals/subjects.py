@@ -10,6 +10,7 @@
 | ``provider_metrics.<provider>`` | router | periodic |
 | ``cost_report`` | router | periodic |
 | ``router_error`` | router | bad input on a subject whose signal has no answer of its own |
+| ``llm_response.%`` / ``provider_registered.%`` | router | answers to bad input whose id could not be read (``%`` is no id's token) |
 
 Per-agent and per-provider suffixes let a consumer select (``llm_response.cto_agent``)
 or take everything (``llm_response.>``).

@@ -104,7 +104,7 @@ async def test_bad_requests_get_typed_errors_while_valid_requests_are_all_answer
 
 
 async def test_bad_request_without_reply_subject_is_answered_on_the_stream(agent, client, subjects):
-    invalid_stream = await client.collect(subjects.llm_response("_invalid"))
+    invalid_stream = await client.collect(subjects.llm_response(""))
     agent_stream = await client.collect(subjects.llm_response("mallory"))
     await client.nc.publish(subjects.llm_request, b"not json at all")
     await client.nc.publish(subjects.llm_request, envelope(request_data(messages=[])))
