@@ -40,8 +40,9 @@ import nats.errors
 from router_agent.bus import sync_subscriptions
 from router_agent.config import Config
 from router_agent.control import Control
+from router_agent.core.endpoints import endpoint_host, is_local
 from router_agent.core.ledger import CostLedger
-from router_agent.http import HttpClient
+from router_agent.http import Guard, HttpClient, policy_guard
 from router_agent.outbox import Outbox
 from router_agent.providers.base import Adapter
 from router_agent.registry import ProviderRegistry
@@ -69,7 +70,10 @@ class RouterAgent:
         self.config = config
         self.settings = config.router
         self.nc = nc
-        self.http = http or HttpClient()
+        # Every address a provider call connects to is judged by the endpoint policy, except
+        # hosts the operator wrote into config (and the emulator): DNS rebinding cannot
+        # move a runtime provider onto a refused address after its registration was checked.
+        self.http = http or HttpClient(guard=self._connection_guard(config, emulator_url))
         self.instance_id = self.settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.subjects = Subjects(self.settings.subject_prefix)
         self.state = RouterState()
@@ -94,6 +98,20 @@ class RouterAgent:
             for rule in agent.routing_rules
         ]
         self.state.load_balancing.strategy = config.routing.default_strategy
+
+    def _connection_guard(self, config: Config, emulator_url: str | None) -> Guard:
+        """Judges the addresses of every new provider connection (not the config's hosts)."""
+        policy = policy_guard(config.security.endpoints, trusted_hosts=_config_hosts(config, emulator_url))
+        local_networks = config.security.local_networks
+
+        def guard(host: str, addresses: list[str]) -> str | None:
+            reason = policy(host, addresses)
+            if reason is None and host in self.registry.runtime_local_hosts and not is_local(addresses, local_networks):
+                # Registered as local (so private requests may go there): it must stay local.
+                reason = f"{host!r} was registered as local but resolves outside security.local_networks"
+            return reason
+
+        return guard
 
     # ------------------------------------------------------------------ the surface
 
@@ -211,3 +229,10 @@ class RouterAgent:
     def snapshot(self) -> dict:
         """The whole state as validated JSON-ready data (no secrets: they are not in it)."""
         return RouterState.model_validate(self.state.model_dump()).model_dump(mode="json")
+
+
+def _config_hosts(config: Config, emulator_url: str | None) -> set[str]:
+    """Hosts the operator named in config (and the emulator's): trusted, not re-judged."""
+    urls = [p.base_url for p in config.providers.values()] + [m.endpoint for m in config.models.values()]
+    urls.append(emulator_url)
+    return {endpoint_host(url) for url in urls if url} - {""}

@@ -11,7 +11,6 @@ holding its key.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,25 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from router_agent.core.routing import STRATEGIES
+from router_agent.settings import (  # noqa: F401 - re-exported: router_agent.config is where callers look
+    CircuitBreakerConfig,
+    EmbeddedNats,
+    EmulationConfig,
+    EndpointPolicy,
+    LoggingConfig,
+    NatsConfig,
+    RouterSettings,
+    SecurityConfig,
+    TelemetryConfig,
+    TlsConfig,
+)
 from signals import ProviderApi
+from signals.types import (
+    MAX_CONTEXT_WINDOW,
+    MAX_PRICE_PER_1K_TOKENS_USD,
+    MAX_RATE_PER_MINUTE,
+    MAX_WEIGHT,
+)
 
 BUNDLED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 BASE_FILES = ("models.yaml", "agents.yaml", "routing.yaml", "router.yaml")
@@ -40,6 +57,8 @@ class UnresolvedReferences(ValueError):
 
 
 class _Strict(BaseModel):
+    """Unknown keys are errors (as in ``settings.Strict``)."""
+
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
@@ -47,13 +66,13 @@ class _Strict(BaseModel):
 
 
 class Price(_Strict):
-    input: float = Field(0.0, ge=0)
-    output: float = Field(0.0, ge=0)
+    input: float = Field(0.0, ge=0, le=MAX_PRICE_PER_1K_TOKENS_USD)
+    output: float = Field(0.0, ge=0, le=MAX_PRICE_PER_1K_TOKENS_USD)
 
 
 class RateLimitConfig(_Strict):
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1, le=MAX_RATE_PER_MINUTE)
+    tokens_per_minute: int | None = Field(None, ge=1, le=MAX_RATE_PER_MINUTE)
 
 
 class ProviderConfig(_Strict):
@@ -62,7 +81,7 @@ class ProviderConfig(_Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     api_key_file: str | None = None
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, le=MAX_WEIGHT)
     enabled: bool = True
     timeout_ms: int = Field(60_000, ge=1)
 
@@ -76,7 +95,7 @@ class ModelConfig(_Strict):
     capabilities: list[str] = []
     cost_per_1k_tokens: Price = Price()
     rate_limits: RateLimitConfig = RateLimitConfig()
-    context_window: int | None = Field(None, ge=1)
+    context_window: int | None = Field(None, ge=1, le=MAX_CONTEXT_WINDOW)
     resource_requirements: dict[str, float] = {}
     performance: dict[str, float] = {}
     enabled: bool = True
@@ -139,93 +158,6 @@ class RoutingConfig(_Strict):
                 f"engine yet (implemented: {list(STRATEGIES)})"
             )
         return self
-
-
-# --------------------------------------------------------------------------- router.yaml
-
-
-class CircuitBreakerConfig(_Strict):
-    failure_threshold: int = Field(5, ge=1)
-    cooldown_s: float = Field(30.0, gt=0)
-
-
-class RouterSettings(_Strict):
-    instance_id: str | None = None
-    subject_prefix: str = ""
-    queue_group: str = "router"
-    max_concurrent_requests: int = Field(10_000, ge=1)
-    max_payload_bytes: int = Field(1_048_576, ge=1024)
-    default_timeout_ms: int = Field(60_000, ge=1)
-    """A request's deadline when it sets no ``timeout_ms``: bounds its whole attempt chain."""
-    default_provider_timeout_ms: int = Field(60_000, ge=1)
-    """An attempt's timeout for a runtime provider that sets no ``timeout_ms``."""
-    max_attempts: int = Field(3, ge=1, le=10)
-    metrics_interval_s: float = Field(10.0, gt=0)
-    cost_report_interval_s: float = Field(30.0, gt=0)
-    shutdown_grace_s: float = Field(10.0, ge=0)
-    probe_timeout_ms: int = Field(3000, ge=1)
-    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
-
-
-class TlsConfig(_Strict):
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
-class EmbeddedNats(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(4222, ge=0, le=65535)
-    data_dir: str = ".router-data/nats"
-
-
-class NatsConfig(_Strict):
-    url: str | None = None
-    user_env: str | None = "NATS_USER"
-    password_env: str | None = "NATS_PASSWORD"
-    token_env: str | None = "NATS_TOKEN"
-    nkeys_seed_file: str | None = None
-    creds_file: str | None = None
-    tls: TlsConfig | None = None
-    embedded: EmbeddedNats = EmbeddedNats()
-
-
-class EndpointPolicy(_Strict):
-    allowed_schemes: list[str] = ["http", "https"]
-    allowed_hosts: list[str] = ["*"]
-    allowed_networks: list[str] = []
-    denied_hosts: list[str] = []
-    denied_networks: list[str] = ["169.254.0.0/16", "fe80::/10"]
-
-    @model_validator(mode="after")
-    def _networks_parse(self) -> EndpointPolicy:
-        for net in [*self.allowed_networks, *self.denied_networks]:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{net!r} is not a network: {exc}") from None
-        return self
-
-
-class SecurityConfig(_Strict):
-    allow_inline_api_keys: bool = False
-    secret_files_dir: str | None = None
-    endpoints: EndpointPolicy = EndpointPolicy()
-
-
-class EmulationConfig(_Strict):
-    mode: Literal["auto", "always", "never"] = "auto"
-    url: str | None = None
-    latency_ms: float = Field(40.0, ge=0)
-
-
-class TelemetryConfig(_Strict):
-    enabled: bool = False
-    exporter: Literal["console", "otlp", "none"] = "console"
-
-
-class LoggingConfig(_Strict):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 # --------------------------------------------------------------------------- the whole

@@ -3,8 +3,9 @@
 ``load_balancing``, and the one place a ``Deployment`` is built.
 
 It also keeps what routing reads on every request, derived from the state after any change
-(models by name, the provider views), the adapters by wire format, and the keys (in a
-``SecretStore`` beside the state, never in it).
+(models by name, the default pool, the provider views), the adapters by wire format, and
+the keys (in a ``SecretStore`` beside the state, never in it; a key is read and checked
+here, ``read_key`` / ``read_key_file``, and never appears in an error message).
 
 Outcomes of attempts come back here: the caller hands back the breaker's admission, and
 only outcomes the provider is responsible for are counted (an attempt abandoned because the
@@ -14,14 +15,17 @@ caller's deadline passed or the agent is stopping is not the provider's failure)
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from router_agent.config import Config, ProviderConfig
 from router_agent.core.breaker import Admission, Breaker
+from router_agent.core.endpoints import endpoint_host, endpoint_origin
 from router_agent.core.model import Deployment
 from router_agent.core.routing import ProviderView
 from router_agent.http import HttpClient
@@ -74,17 +78,67 @@ def build_deployment(
     )
 
 
-def read_key(env_name: str | None, file_name: str | None) -> str | None:
-    if env_name:
-        value = os.environ.get(env_name)
-        if value:
-            return value.strip()
-    if file_name:
-        try:
-            value = Path(file_name).read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        return value or None
+MAX_KEY_LENGTH = 4096
+"""Longest API key accepted (vendors' keys are ~50-200 characters)."""
+
+
+class KeyProblem(ValueError):
+    """A key reference that cannot be used. The message says why and never holds the key."""
+
+
+def check_key_text(value: str) -> str:
+    """The key ``value`` holds: one line of printable ASCII (it becomes an HTTP header),
+    surrounding whitespace removed; else ``KeyProblem``."""
+    key = value.strip()
+    if not key:
+        raise KeyProblem("is empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise KeyProblem(f"is longer than {MAX_KEY_LENGTH} characters")
+    if not (key.isascii() and key.isprintable()):
+        raise KeyProblem("must hold one line of printable ASCII (the key), nothing else")
+    return key
+
+
+def read_key_file(path: str | Path) -> str:
+    """The key in a regular file of one line; ``KeyProblem`` otherwise. Reads at most a few KB
+    and never blocks on a FIFO or device (``/proc/self/fd/0``, ``/dev/stdin``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise KeyProblem(f"cannot be read ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyProblem("is not a regular file")
+        data = b""
+        while len(data) <= MAX_KEY_LENGTH + 2:
+            chunk = os.read(fd, MAX_KEY_LENGTH + 3 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise KeyProblem(f"cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyProblem("must hold one line of printable ASCII (the key), nothing else") from None
+    return check_key_text(text)
+
+
+def read_key(env_name: str | None, file_name: str | None, *, quiet: bool = False) -> str | None:
+    """A configured provider's key, or None when there is none or it is unusable (then the
+    provider counts as keyless, and is emulated or disabled, rather than failing every call)."""
+    try:
+        if env_name:
+            value = os.environ.get(env_name)
+            if value:
+                return check_key_text(value)
+        if file_name:
+            return read_key_file(file_name)
+    except KeyProblem as exc:
+        if not quiet:
+            log.warning("the key in %s %s", f"${env_name}" if env_name else file_name, exc)
     return None
 
 
@@ -108,6 +162,14 @@ class ProviderRegistry:
         # Derived for routing; rebuilt after every change.
         self.deployments_by_model: dict[str, list[Deployment]] = {}
         self.model_names: list[str] = []
+        """Every model name some provider serves (config and run time)."""
+        self.default_pool: list[str] = []
+        self.runtime_local_hosts: set[str] = set()
+        """Hosts of runtime providers trusted as local: every connection must stay local."""
+        """What a request naming no model (and no agent preference) chooses from: the names
+        configured providers serve, plus run-time ones only when
+        ``security.runtime_models_in_default_pool`` says so. A registration therefore cannot
+        add work to every such request."""
         self.views: dict[str, ProviderView] = {}
 
     # ------------------------------------------------------------------ reading
@@ -224,6 +286,27 @@ class ProviderRegistry:
         except TimeoutError:
             return False, f"{base_url} did not answer within {self.settings.probe_timeout_ms} ms", False
 
+    def runtime_model_count(self, *, besides: str) -> int:
+        """Models of every run-time provider except ``besides`` (which a registration replaces)."""
+        return sum(
+            len(e.models) for n, e in self.state.providers.items() if e.source == "runtime" and n != besides
+        )
+
+    def key_sent_elsewhere(self, key: str, base_url: str) -> bool:
+        """Whether ``key`` is a configured provider's key and ``base_url`` is not one of that
+        provider's own endpoints (same scheme, host and port)."""
+        origin = endpoint_origin(base_url)
+        for name, provider in self.config.providers.items():
+            theirs = read_key(provider.api_key_env, provider.api_key_file, quiet=True)
+            if theirs is None or not hmac.compare_digest(theirs.encode(), key.encode()):
+                continue
+            own = {provider.base_url or ""} | {
+                m.endpoint or provider.base_url or "" for m in self.config.models.values() if m.provider == name
+            }
+            if origin is None or origin not in {endpoint_origin(url) for url in own}:
+                return True
+        return False
+
     # ------------------------------------------------------------------ changes
 
     def add(self, entry: ProviderEntry, key: str | None) -> None:
@@ -263,7 +346,14 @@ class ProviderRegistry:
         by_model: dict[str, list[Deployment]] = {}
         capabilities: dict[str, set[str]] = {}
         views: dict[str, ProviderView] = {}
+        pool: dict[str, None] = {}
+        local_hosts: set[str] = set()
+        runtime_in_pool = self.config.security.runtime_models_in_default_pool
         for name, entry in self.state.providers.items():
+            if entry.source == "config" or runtime_in_pool:
+                pool.update(dict.fromkeys(entry.models))
+            if entry.source == "runtime" and entry.type == "local":
+                local_hosts.update(endpoint_host(d.base_url) for d in entry.models.values())
             pstate = self.state.provider_states[name]
             views[name] = ProviderView(
                 enabled=entry.enabled, health=pstate.health, weight=entry.weight, latency_ms=pstate.model_latency_ms
@@ -273,6 +363,8 @@ class ProviderRegistry:
                 capabilities.setdefault(model_name, set()).update(deployment.capabilities)
         self.deployments_by_model = by_model
         self.model_names = list(by_model)
+        self.default_pool = [m for m in by_model if m in pool]
+        self.runtime_local_hosts = local_hosts
         self.views = views
         self.state.model_capabilities = {m: sorted(c) for m, c in capabilities.items()}
         self.state.load_balancing.weights = {n: e.weight for n, e in self.state.providers.items()}

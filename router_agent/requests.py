@@ -40,6 +40,7 @@ from router_agent.core.cost import cost_usd
 from router_agent.core.ledger import CostLedger
 from router_agent.core.lifecycle import RequestLifecycle
 from router_agent.core.model import Deployment
+from router_agent.core.redact import redact
 from router_agent.core.routing import candidate_models, route
 from router_agent.outbox import Outbox
 from router_agent.providers.base import ProviderError
@@ -57,6 +58,7 @@ from signals import (
     SignalError,
     Usage,
 )
+from signals.types import MAX_REJECTIONS_LISTED
 
 log = logging.getLogger("router_agent")
 
@@ -200,8 +202,8 @@ class RequestShell:
         registry = self.registry
         agent_cfg = self.config.agents.get(request.agent_id)
         models, why = candidate_models(
-            request, registry.model_names, self.config.aliases,
-            agent_cfg.model_preferences if agent_cfg else None,
+            request, registry.deployments_by_model, self.config.aliases,
+            agent_cfg.model_preferences if agent_cfg else None, registry.default_pool,
         )
         deployments = [d for m in models for d in registry.deployments_by_model.get(m, ())]
         lb = self.state.load_balancing
@@ -220,7 +222,8 @@ class RequestShell:
                 reason=f"{why}; {decision.reason}",
                 chosen=candidates[0] if candidates else None,
                 fallbacks=candidates[1 : len(ordered)],
-                rejected=decision.rejected,
+                rejected=decision.rejected[:MAX_REJECTIONS_LISTED],
+                rejected_omitted=max(0, len(decision.rejected) - MAX_REJECTIONS_LISTED),
                 emulated=emulated,
             ),
             traceparent,
@@ -271,7 +274,9 @@ class RequestShell:
                 registry.record_failure(dep, admission, latency, self.clock())
                 attempts.append(Attempt(
                     provider=dep.provider, model=dep.model, outcome="error", latency_ms=round(latency, 3),
-                    error=ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable),
+                    # Upstream text may echo a key: none that the agent knows, nor any key-shaped string, leaves.
+                    error=ErrorInfo(code=exc.code, message=redact(exc.message, registry.secrets.known()),
+                                    retryable=exc.retryable),
                 ))
                 last_error = exc
                 if not exc.retryable:
@@ -329,7 +334,7 @@ class RequestShell:
         if self.clock() >= deadline:
             return _error(request, "timeout", f"no answer within {timeout_ms} ms", True, attempts)
         if last_error is not None and not last_error.retryable:
-            return _error(request, last_error.code, last_error.message, False, attempts)
+            return _error(request, last_error.code, redact(last_error.message, registry.secrets.known()), False, attempts)
         return _error(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
 
 

@@ -208,7 +208,15 @@ class RoutingDecision(Struct, kw_only=True, omit_defaults=True):
     chosen: Candidate | None = None
     fallbacks: list[Candidate] = []
     rejected: list[Rejection] = []
+    """Candidates a hard constraint removed, each with the constraint; at most
+    ``MAX_REJECTIONS_LISTED`` (the rest are counted in ``rejected_omitted``)."""
+    rejected_omitted: int = 0
     emulated: bool = False
+
+
+MAX_REJECTIONS_LISTED = 32
+"""A decision lists this many rejected candidates at most, so its size does not grow with
+the registry."""
 
 
 # --------------------------------------------------------------------------- llm_response

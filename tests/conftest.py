@@ -92,7 +92,9 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def make_config(tmp_path: Path, prefix: str):
-    """Bundled config + a test overlay: emulate every provider, fast periodic reports."""
+    """Bundled config + a test overlay: emulate every provider, fast periodic reports, and
+    loopback open to runtime registrations (the emulators listen on 127.0.0.1; the base
+    config closes loopback and private networks)."""
     counter = itertools.count()
 
     def make(overrides: dict[str, Any] | None = None) -> Config:
@@ -103,10 +105,11 @@ def make_config(tmp_path: Path, prefix: str):
                     "metrics_interval_s": 0.2,
                     "cost_report_interval_s": 0.2,
                     "shutdown_grace_s": 5,
-                    "probe_timeout_ms": 2000,
+                    "probe_timeout_ms": 500,  # a failed probe is answered only when it has passed
                     "circuit_breaker": {"failure_threshold": 3, "cooldown_s": 60},
                 },
                 "emulation": {"mode": "always"},
+                "security": {"endpoints": {"private_networks_allowed": ["127.0.0.0/8", "::1/128"]}},
             },
             overrides or {},
         )

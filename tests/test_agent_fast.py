@@ -594,3 +594,16 @@ async def test_a_bug_while_answering_is_logged_and_counted_not_lost_as_a_task_ex
     assert f.agent.state.metrics.internal_errors == 1
     assert "request task failed while answering" in caplog.text
     del reply
+
+
+async def test_a_runtime_local_host_that_re_resolves_outside_local_networks_is_refused(fast):
+    f = await fast.start()
+    assert (await f.register("nearby", ("nearby-model", "n1"), type="local")).accepted
+    assert (await f.register("faraway", ("faraway-model", "f1"), type="cloud")).accepted
+    guard = f.agent._connection_guard(f.agent.config, None)  # what the agent's HttpClient consults
+    host = "127.0.0.1"
+    assert host in f.agent.registry.runtime_local_hosts
+    assert guard(host, ["127.0.0.1"]) is None
+    reason = guard(host, ["8.8.8.8"])  # a public address the endpoint policy alone would allow
+    assert reason is not None and "local_networks" in reason
+    assert guard("cloud.example", ["8.8.8.8"]) is None  # not a local provider's host: policy only

@@ -176,7 +176,7 @@ async def test_api_key_from_env_is_used_but_never_published_logged_or_dumped(
 ):
     secret = "sk-test-ENV-SECRET-9876543210fedcba"
     monkeypatch.setenv("TEST_PROVIDER_KEY", secret)
-    agent = await agents.start({"logging": {"level": "DEBUG"}})
+    agent = await agents.start({"logging": {"level": "DEBUG"}, "security": {"runtime_key_envs": ["TEST_PROVIDER_KEY"]}})
     caplog.set_level(logging.DEBUG)
     everything = await client.collect(f"{subjects.prefix}>")
     answer = await client.control(

@@ -32,6 +32,8 @@ async def agent_process(nats_url, emulator, prefix, tmp_path: Path):
     overlay.write_text(yaml.safe_dump({
         "router": {"subject_prefix": prefix, "metrics_interval_s": 0.2, "cost_report_interval_s": 0.2},
         "emulation": {"mode": "always"},
+        # The emulator listens on loopback, closed to runtime registrations by default.
+        "security": {"endpoints": {"private_networks_allowed": ["127.0.0.0/8", "::1/128"]}},
     }))
     proc = await asyncio.create_subprocess_exec(
         *CLI, "run", "--nats-url", nats_url, "--emulator-url", emulator.url, "--overlay", str(overlay),

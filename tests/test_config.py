@@ -153,6 +153,13 @@ def test_later_overlay_wins(config_dir: Path, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- errors: file and key
 
 
+@pytest.mark.parametrize(("key", "value"), [("input", float("inf")), ("output", 1.7e308)])
+def test_a_poisoned_price_in_config_is_refused(config_dir: Path, key: str, value: float) -> None:
+    edit(config_dir / "models.yaml", lambda d: d["models"]["gpt-4-turbo"]["cost_per_1k_tokens"].update({key: value}))
+    message = load_error(config_dir)
+    assert f"models.gpt-4-turbo.cost_per_1k_tokens.{key}: Input should be less than or equal to 1000" in message
+
+
 def test_bad_value_names_file_and_key_path(config_dir: Path) -> None:
     edit(config_dir / "models.yaml", lambda d: d["models"]["llama-3-70b"].update(context_window=-1))
     message = load_error(config_dir)

@@ -43,3 +43,22 @@ async def test_any_other_signal_too_large_is_reported_on_router_error_not_sent()
     assert metrics.oversized_signals == 1
     await observer.flush()
     assert reports.items == []
+
+
+async def test_a_decision_lists_a_bounded_number_of_rejections_and_counts_the_rest(fast):
+    from signals.types import MAX_REJECTIONS_LISTED
+
+    f = await fast.start()
+    decisions = await f.client.collect(f.subjects.routing_decision("tester"))
+    for i in range(40):  # 40 providers of one model name, each too small for the prompt
+        answer = await f.client.control("provider_register", sig.ProviderRegister(
+            provider=f"crowd{i}", base_url="http://127.0.0.1:9/v1",
+            models=[sig.ModelSpec(name="crowded", model_id=f"c{i}", context_window=1)]))
+        assert answer.accepted, answer.errors
+    request = f.client.new_request(model="crowded")
+    response = await f.client.ask(request)
+    assert response.error.code == "no_candidates"
+    decision = await decisions.wait_for(lambda d: d.request_id == request.request_id)
+    assert len(decision.rejected) == MAX_REJECTIONS_LISTED
+    assert decision.rejected_omitted == 40 - MAX_REJECTIONS_LISTED
+    assert {r.constraint for r in decision.rejected} == {"context_window"}

@@ -19,7 +19,8 @@ KEY = "sk-live-4f9Qx2LmZ7pR1vT8kW3nB6yH0cJ5dS"
 @settings(max_examples=400)
 @given(
     before=st.text(max_size=120),
-    key=st.text(min_size=MIN_KNOWN_LENGTH, max_size=80),
+    # A "key" that is part of the marker itself cannot be written out by the marker.
+    key=st.text(min_size=MIN_KNOWN_LENGTH, max_size=80).filter(lambda k: k not in MARK),
     after=st.text(max_size=120),
     times=st.integers(min_value=1, max_value=3),
 )

@@ -16,7 +16,7 @@ yet is kept: nothing says it is slow, and the per-attempt timeout still bounds i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from router_agent.core.breaker import Breaker
@@ -58,11 +58,18 @@ class Decision:
 
 def candidate_models(
     request: LlmRequest,
-    model_names: list[str],
+    model_names: Collection[str],
     aliases: Mapping[str, str],
     preferences: Mapping[str, str] | None,
+    default_pool: Sequence[str] | None = None,
 ) -> tuple[list[str], str]:
-    """Which models may serve the request, and why those."""
+    """Which models may serve the request, and why those.
+
+    ``model_names`` are every name served (pass a dict or set: membership is tested);
+    ``default_pool`` the names a request that says nothing may go to (all of
+    ``model_names`` when None). Keeping runtime registrations out of the default pool
+    keeps a registration from adding work to every request that did not ask for it.
+    """
     if request.model is not None:
         name = request.model if request.model in model_names else aliases.get(request.model)
         if name is None:
@@ -72,7 +79,7 @@ def candidate_models(
         ordered = list(dict.fromkeys(m for m in preferences.values() if m in model_names))
         if ordered:
             return ordered, f"agent {request.agent_id!r} model preferences"
-    return list(model_names), "all models"
+    return list(model_names if default_pool is None else default_pool), "all models"
 
 
 def route(
