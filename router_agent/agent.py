@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 
 import nats.errors
 
-from router_agent.bus import sync_subscriptions
+from router_agent.bus import Liveness, sync_subscriptions
 from router_agent.config import Config
 from router_agent.control import Control
 from router_agent.core.endpoints import endpoint_host, is_local
@@ -91,6 +91,7 @@ class RouterAgent:
         self._subscriptions: list = []
         self._request_sub = None
         self._stopping = False
+        self.liveness: Liveness | None = None
 
         self.state.routing_rules = [
             {"agent": agent_id, "condition": rule.condition, "model": rule.model}
@@ -142,6 +143,8 @@ class RouterAgent:
             if route.subject == self.subjects.llm_request:
                 self._request_sub = sub
         await sync_subscriptions(self.nc)
+        self.liveness = Liveness.from_config(self.nc, self.config.nats)  # reconnects a deaf client
+        self.spawn(self.liveness.run())  # cancelled with the other tasks in stop()
         self.spawn(self._every(self.settings.metrics_interval_s, self.reports.publish_metrics))
         self.spawn(self._every(self.settings.cost_report_interval_s, self.reports.publish_cost_report))
 
@@ -228,6 +231,8 @@ class RouterAgent:
 
     def snapshot(self) -> dict:
         """The whole state as validated JSON-ready data (no secrets: they are not in it)."""
+        if self.liveness is not None:
+            self.state.metrics.bus_reconnects = self.liveness.reconnects
         return RouterState.model_validate(self.state.model_dump()).model_dump(mode="json")
 
 

@@ -91,6 +91,8 @@ class Metrics:
     invalid_by_code: dict[str, int] = field(default_factory=dict)
     internal_errors: int = 0
     oversized_signals: int = 0
+    bus_reconnects: int = 0
+    """Times the liveness watchdog found the NATS client deaf and reconnected it."""
     """Signals too large for the bus: each was replaced by an error or reported on router_error."""
     errors_by_code: dict[str, int] = field(default_factory=dict)
     requests_by_provider: dict[str, int] = field(default_factory=dict)
@@ -165,6 +167,10 @@ class SecretStore:
 
     def get(self, provider: str) -> str | None:
         return self._keys.get(provider)
+
+    def known(self) -> list[str]:
+        """Every key held, for redaction of text that leaves the agent (never for output)."""
+        return list(self._keys.values())
 
     def __repr__(self) -> str:
         return f"SecretStore({len(self._keys)} keys)"
