@@ -11,6 +11,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+def _check_networks(label: str, networks: list[str]) -> None:
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{label}{net!r} is not a network: {exc}") from None
+
+
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
 
@@ -86,11 +94,7 @@ class EndpointPolicy(Strict):
 
     @model_validator(mode="after")
     def _networks_parse(self) -> EndpointPolicy:
-        for net in [*self.allowed_networks, *self.private_networks_allowed, *self.denied_networks]:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{net!r} is not a network: {exc}") from None
+        _check_networks("", [*self.allowed_networks, *self.private_networks_allowed, *self.denied_networks])
         return self
 
 
@@ -113,11 +117,7 @@ class SecurityConfig(Strict):
 
     @model_validator(mode="after")
     def _networks_parse(self) -> SecurityConfig:
-        for net in self.local_networks:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"local_networks: {net!r} is not a network: {exc}") from None
+        _check_networks("local_networks: ", self.local_networks)
         return self
 
 
