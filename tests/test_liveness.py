@@ -157,6 +157,7 @@ class FakeClient:
         self.pong_delay_s = pong_delay_s
         self.force_reconnect_calls = 0
         self.flushes = 0
+        self.reconnected = asyncio.Event()
 
     async def flush(self, timeout: float = 10) -> None:
         self.flushes += 1
@@ -166,6 +167,23 @@ class FakeClient:
     async def force_reconnect(self) -> None:
         self.force_reconnect_calls += 1
         self.is_connected = False
+        self.reconnected.set()
+
+
+async def started(watchdog: Liveness) -> asyncio.Task[None]:
+    """Start the watch loop; return once it has hooked the read loop (it does so before
+    its first await, so one turn of the event loop is enough)."""
+    task = asyncio.create_task(watchdog.run())
+    await asyncio.sleep(0)  # one scheduling turn, not a timed wait
+    assert watchdog._hooked is not None
+    return task
+
+
+async def wakeups_done(watchdog: Liveness) -> None:
+    """Wait for the checks a read-loop end scheduled (its callback runs on the next turn)."""
+    await asyncio.sleep(0)  # one scheduling turn: the done-callback fires
+    if watchdog._wakeups:
+        await asyncio.wait(set(watchdog._wakeups), timeout=5)
 
 
 async def test_dead_read_loop_forces_exactly_one_reconnect():
@@ -191,15 +209,12 @@ async def test_healthy_client_is_never_reconnected():
 async def test_run_loop_reconnects_at_once_when_the_read_loop_ends():
     nc = FakeClient()
     watchdog = Liveness(nc, interval_s=30, timeout_s=1)  # no periodic tick within the test
-    task = asyncio.create_task(watchdog.run())
+    task = await started(watchdog)
     try:
-        await asyncio.sleep(0.05)
         assert nc.force_reconnect_calls == 0
         nc._reading_task.set_result(None)  # the loop ends; the client still says connected
-        async with asyncio.timeout(1):
-            while nc.force_reconnect_calls == 0:
-                await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)
+        await wakeups_done(watchdog)
+        assert nc.reconnected.is_set()
         assert nc.force_reconnect_calls == 1 and watchdog.reconnects == 1
     finally:
         task.cancel()
@@ -208,13 +223,11 @@ async def test_run_loop_reconnects_at_once_when_the_read_loop_ends():
 async def test_periodic_tick_catches_a_read_loop_replaced_and_dead_before_it_was_hooked():
     nc = FakeClient()
     watchdog = Liveness(nc, interval_s=0.01, timeout_s=1)
-    task = asyncio.create_task(watchdog.run())
+    task = await started(watchdog)
     try:
-        await asyncio.sleep(0.05)
         nc._reading_task = read_task(done=True)  # e.g. a reconnect, then a bad frame
-        async with asyncio.timeout(1):
-            while nc.force_reconnect_calls == 0:
-                await asyncio.sleep(0.005)
+        async with asyncio.timeout(5):
+            await nc.reconnected.wait()  # the next periodic tick finds it
         assert nc.force_reconnect_calls == 1
     finally:
         task.cancel()
@@ -223,13 +236,12 @@ async def test_periodic_tick_catches_a_read_loop_replaced_and_dead_before_it_was
 async def test_an_orderly_end_of_the_read_loop_is_not_a_failure():
     nc = FakeClient()
     watchdog = Liveness(nc, interval_s=30, timeout_s=1)
-    task = asyncio.create_task(watchdog.run())
+    task = await started(watchdog)
     try:
-        await asyncio.sleep(0.05)
         nc.is_connected = False  # closing or reconnecting: nats-py ends the loop itself
         nc._reading_task.set_result(None)
-        await asyncio.sleep(0.1)
-        assert nc.force_reconnect_calls == 0
+        await wakeups_done(watchdog)  # the check the end triggered has run...
+        assert nc.force_reconnect_calls == 0  # ...and decided it was not a failure
     finally:
         task.cancel()
 
