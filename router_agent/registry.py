@@ -161,15 +161,14 @@ class ProviderRegistry:
         )
         # Derived for routing; rebuilt after every change.
         self.deployments_by_model: dict[str, list[Deployment]] = {}
-        self.model_names: list[str] = []
-        """Every model name some provider serves (config and run time)."""
+        """Every model name some provider serves (config and run time) -> its deployments."""
         self.default_pool: list[str] = []
-        self.runtime_local_hosts: set[str] = set()
-        """Hosts of runtime providers trusted as local: every connection must stay local."""
         """What a request naming no model (and no agent preference) chooses from: the names
         configured providers serve, plus run-time ones only when
         ``security.runtime_models_in_default_pool`` says so. A registration therefore cannot
         add work to every such request."""
+        self.runtime_local_hosts: set[str] = set()
+        """Hosts of runtime providers trusted as local: every connection must stay local."""
         self.views: dict[str, ProviderView] = {}
 
     # ------------------------------------------------------------------ reading
@@ -362,7 +361,6 @@ class ProviderRegistry:
                 by_model.setdefault(model_name, []).append(deployment)
                 capabilities.setdefault(model_name, set()).update(deployment.capabilities)
         self.deployments_by_model = by_model
-        self.model_names = list(by_model)
         self.default_pool = [m for m in by_model if m in pool]
         self.runtime_local_hosts = local_hosts
         self.views = views

@@ -426,7 +426,7 @@ async def test_requests_without_a_model_consider_runtime_models_only_when_config
     answer = await client.control("provider_register", reg("bulk", emulator.url, "bulk-0", "bulk-1", weight=1000))
     assert answer.accepted, answer.errors
     assert ("bulk-0" in agent.registry.default_pool) is in_pool
-    assert set(agent.registry.model_names) >= {"bulk-0", "bulk-1", "gpt-4-turbo"}
+    assert set(agent.registry.deployments_by_model) >= {"bulk-0", "bulk-1", "gpt-4-turbo"}
     responses = [await client.ask(client.new_request(agent_id="tester")) for _ in range(6)]
     assert all(r.status == "ok" for r in responses)
     assert any(r.provider == "bulk" for r in responses) is in_pool
