@@ -37,7 +37,7 @@ from router_agent.registry import (
     check_key_text,
     read_key_file,
 )
-from router_agent.routes import count_invalid
+from router_agent.routes import addressable_id, count_invalid
 from router_agent.state import Metrics, ProviderEntry
 from signals import (
     ErrorInfo,
@@ -284,7 +284,7 @@ class Control:
         ))
 
     async def reject_register(self, msg: Any, exc: SignalError) -> None:
-        await self._refuse(msg, _short(_partial_provider(msg.data)), [_error_info(exc)])
+        await self._refuse(msg, addressable_id(_partial_provider(msg.data)), [_error_info(exc)])
 
     async def _refuse(self, msg_or_reply: Any, provider: str, errors: list[ErrorInfo], action: str = "register") -> None:
         reply = msg_or_reply if isinstance(msg_or_reply, str) else msg_or_reply.reply
@@ -337,7 +337,7 @@ class Control:
         ))
 
     async def reject_update(self, msg: Any, exc: SignalError) -> None:
-        await self._refuse(msg, _short(_partial_provider(msg.data)), [_error_info(exc)], action="update")
+        await self._refuse(msg, addressable_id(_partial_provider(msg.data)), [_error_info(exc)], action="update")
 
     # ------------------------------------------------------------------ provider_health
 

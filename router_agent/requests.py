@@ -45,6 +45,7 @@ from router_agent.core.routing import candidate_models, route
 from router_agent.outbox import Outbox
 from router_agent.providers.base import ProviderError
 from router_agent.registry import ProviderRegistry
+from router_agent.routes import addressable_id
 from router_agent.state import ActiveRequest, RouterState
 from router_agent.telemetry import Tracing
 from signals import (
@@ -129,8 +130,8 @@ class RequestShell:
         """Bad llm_request input: a typed error answer to whoever can be addressed."""
         partial = _partial(msg.data) if exc.code != "payload_too_large" else _Partial()
         response = LlmResponse(
-            request_id=_short(partial.request_id),
-            agent_id=_short(partial.agent_id),
+            request_id=addressable_id(partial.request_id),
+            agent_id=addressable_id(partial.agent_id),
             status="error",
             error=ErrorInfo(code=exc.code, message=exc.message, field=exc.field),
         )
@@ -161,7 +162,7 @@ class RequestShell:
             await self._finish(request, response, reply, traceparent, life)
             raise
         except Exception:
-            log.exception("request %s failed unexpectedly", _short(request.request_id))
+            log.exception("request %s failed unexpectedly", request.request_id)
             self.state.metrics.internal_errors += 1
             response = _error(request, "internal", "internal router error", True, attempts)
         finally:
@@ -377,11 +378,3 @@ def _partial(payload: bytes) -> _Partial:
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return _Partial()
     return event.data or _Partial()
-
-
-def _short(value: Any, limit: int = 128) -> str:
-    """A string id as it was sent, or "" when it is not one or is longer than an Identifier.
-
-    Never cut: a cut id could be another agent's, and the answer would reach its subject.
-    """
-    return value if isinstance(value, str) and len(value) <= limit else ""

@@ -64,6 +64,13 @@ def callback(route: Route, max_payload: int, metrics: Metrics) -> Callable[[Any]
     return deliver
 
 
+def addressable_id(value: Any, limit: int = 128) -> str:
+    """An id read from bad input, as it was sent, or "" when it is not a string or is longer
+    than an Identifier. Never cut: a cut id could be another's, and the error answer would
+    reach its subject ("" goes to the unaddressed subject, ``<signal>.%``)."""
+    return value if isinstance(value, str) and len(value) <= limit else ""
+
+
 def count_invalid(metrics: Metrics, code: str) -> None:
     metrics.invalid_inputs += 1
     metrics.invalid_by_code[code] = metrics.invalid_by_code.get(code, 0) + 1
