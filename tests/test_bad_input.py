@@ -329,7 +329,7 @@ def test_reading_ids_back_from_hostile_bytes_never_raises(payload):
 
 def test_an_overlong_agent_id_is_not_cut_into_another_agents_address():
     """A 200-char id cut to 128 could be another agent's: the refusal would reach its subject."""
-    from router_agent.requests import _short
+    from router_agent.routes import addressable_id as _short
 
     assert _short("a" * 200) == ""
     assert _short("a" * 128) == "a" * 128
