@@ -124,6 +124,9 @@ class Params(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tru
 class Task(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """What the caller says about the work; routing rules in ``config/agents.yaml`` read it."""
 
+    id: Identifier | None = None
+    """The caller's id for the task (several requests may serve one task); the control
+    service can force a model for a task id."""
     type: Annotated[str, Meta(max_length=128)] | None = None
     complexity: Annotated[int, Meta(ge=0, le=10)] | None = None
     privacy_level: Literal["low", "normal", "high"] | None = None
