@@ -28,10 +28,11 @@ Two rules keep provider traffic inside the endpoint policy (``core/endpoints.py`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
 import aiohttp
@@ -133,8 +134,19 @@ class HttpClient:
     nothing. ``resolver``: the resolver the guard wraps (default: aiohttp's), for tests.
     """
 
-    def __init__(self, guard: Guard | None = None, *, resolver: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        guard: Guard | None = None,
+        *,
+        resolver: AbstractResolver | None = None,
+        connect_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
+    ) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        """None: no timer (the agent's per-attempt deadline bounds the call). Set, a stalled
+        connect or a gap between reads longer than it fails the call as a ``TimeoutError``."""
         self._guard = guard
         self._resolver = resolver
         self._own_resolver: AbstractResolver | None = None  # the connector closes only its own
@@ -154,7 +166,9 @@ class HttpClient:
                 connector=connector,
                 # No timers of its own: the agent's per-request deadline bounds every call,
                 # and a second timer per request cost memory and CPU on the hot path.
-                timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=None, sock_connect=self._connect_timeout_s, sock_read=self._read_timeout_s
+                ),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
             )
@@ -163,6 +177,12 @@ class HttpClient:
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> HttpResult:
         async with self._open().post(url, data=body, headers=headers, allow_redirects=False) as response:
             return HttpResult(response.status, await response.read(), response.headers)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST and hand over the response unread, for a streamed answer; no redirects followed."""
+        async with self._open().post(url, data=body, headers=headers, allow_redirects=False) as response:
+            yield response
 
     async def get(self, url: str, headers: dict[str, str]) -> HttpResult:
         async with self._open().get(url, headers=headers, allow_redirects=False) as response:

@@ -239,7 +239,7 @@ async def test_a_name_rebound_to_a_denied_address_is_refused_before_connecting(
     finally:
         await http.close()
     error = caught.value
-    assert error.code == "provider_error"
+    assert error.code == "connection_error"
     assert error.retryable is True  # this provider is unusable; another one may answer
     assert "endpoint policy" in error.message and "rebind.test" in error.message
     assert METADATA not in error.message  # names the policy, not the address list

@@ -184,7 +184,7 @@ async def test_hanging_calls_fail_as_a_dropped_connection_when_released() -> Non
         with pytest.raises(ProviderError) as info:
             async with asyncio.timeout(WAIT_S):
                 await task
-        assert (info.value.code, info.value.retryable) == ("provider_error", True)
+        assert (info.value.code, info.value.retryable) == ("connection_error", True)
         assert "cannot reach provider" in info.value.message
     assert adapter.in_flight == 0
 
@@ -256,6 +256,9 @@ def test_it_has_the_adapter_protocols_methods() -> None:
         theirs = inspect.signature(getattr(Adapter, name))
         assert list(ours.parameters) == list(theirs.parameters)
         assert inspect.iscoroutinefunction(getattr(MockAdapter, name))
+    ours, theirs = inspect.signature(MockAdapter.stream), inspect.signature(Adapter.stream)
+    assert list(ours.parameters) == list(theirs.parameters)
+    assert inspect.isasyncgenfunction(MockAdapter.stream)
 
 
 def test_behaviour_defaults() -> None:
@@ -267,4 +270,9 @@ def test_behaviour_defaults() -> None:
         "input_tokens": 10,
         "output_tokens": 5,
         "finish_reason": "stop",
+        "tool_calls": [],
+        "chunks": None,
+        "fail_after_chunks": None,
+        "chunk_interval_s": 0.0,
+        "usage_estimated": False,
     }

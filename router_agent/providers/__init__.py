@@ -1,8 +1,8 @@
 """Provider adapters, one per wire format.
 
-``ADAPTERS`` is the one list of wire formats the agent can speak; a provider whose API is
-not in it is emulated (config, in ``auto`` mode) or refused (``provider_register``). The
-wire formats the contract knows are ``signals.ProviderApi``.
+``ADAPTERS`` is the one list of wire formats the agent can speak, keyed by
+``signals.ProviderApi``: a deployment's ``api`` picks its adapter, for real and emulated
+providers alike (the emulator speaks every one of them).
 """
 
 from __future__ import annotations
@@ -10,9 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from router_agent.http import HttpClient
+from router_agent.providers.anthropic import AnthropicAdapter
 from router_agent.providers.base import Adapter
+from router_agent.providers.gemini import GeminiAdapter
+from router_agent.providers.ollama import OllamaAdapter
 from router_agent.providers.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, Callable[[HttpClient], Adapter]] = {
     "openai": OpenAIAdapter,
+    "anthropic": AnthropicAdapter,
+    "gemini": GeminiAdapter,
+    "ollama": OllamaAdapter,
 }

@@ -1,6 +1,6 @@
 """A scriptable provider adapter, for fast tests of everything above the providers.
 
-``MockAdapter`` speaks the adapter protocol (``complete`` and ``probe``) without a network:
+``MockAdapter`` speaks the adapter protocol (``complete``, ``stream`` and ``probe``) without a network:
 each deployment answers as it has been scripted -- after a latency, with an error, by
 hanging until released, or with given content and token counts -- and every call is
 recorded, so a test of routing, retries, breakers or shutdown can script the providers,
@@ -15,6 +15,7 @@ twice and then recovers).
     adapter.script("gpt-4o-mini", latency_s=0.05)
     adapter.script("openai", error=ProviderError("rate_limited", "429", retryable=True))
     adapter.script(("local", "llama"), [Behaviour(hang=True), Behaviour()])
+    adapter.script("claude", chunks=["Hel", "lo"], fail_after_chunks=1)  # a stream cut mid-way
     ...
     await adapter.wait_for_calls(2)
     adapter.release_hangs()
@@ -25,11 +26,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from router_agent.providers.base import Completion, ProviderError
+from router_agent.providers.base import (
+    Completion,
+    ProviderError,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+)
+from signals import TextPart, ToolCall, Usage
 
 if TYPE_CHECKING:
     from signals import LlmRequest
@@ -49,12 +58,21 @@ class Behaviour:
     latency_s: float = 0.0
     error: ProviderError | None = None
     hang: bool = False
-    """Wait until ``release_hangs()``, then fail as a dropped connection."""
+    """Wait until ``release_hangs()``, then fail as a dropped connection (``connection_error``)."""
     content: str | None = None
     """``None``: ``[mock <model_id>] <last user message, 40 chars>``."""
     input_tokens: int = 10
     output_tokens: int = 5
     finish_reason: str = "stop"
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """Tool calls in the answer (streamed as one fragment each, after the text)."""
+    chunks: list[str] | None = None
+    """How ``stream`` cuts the content (``None``: ``CHUNK_CHARS`` characters a chunk)."""
+    fail_after_chunks: int | None = None
+    """``stream`` only: raise ``error`` (or a dropped connection) after this many text chunks."""
+    chunk_interval_s: float = 0.0
+    """``stream`` only: the wait before each chunk after the first."""
+    usage_estimated: bool = False
 
 
 @dataclass(slots=True)
@@ -75,29 +93,23 @@ class Call:
     request: LlmRequest | None = field(default=None, repr=False)
 
 
-def _completion(content: str, finish_reason: str, input_tokens: int, output_tokens: int) -> Completion:
-    """Build a ``Completion`` whether or not it still has its old ``model`` field."""
-    extra: dict[str, Any] = {"model": ""} if "model" in Completion.__dataclass_fields__ else {}
-    return Completion(
-        content=content,
-        finish_reason=finish_reason,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        **extra,
-    )
+CHUNK_CHARS = 8
+"""Characters per streamed chunk when a behaviour gives no ``chunks``."""
 
 
-def _copy_error(error: ProviderError) -> ProviderError:
-    """A fresh exception per raise: one instance raised twice would pile up tracebacks."""
-    return ProviderError(error.code, error.message, error.retryable, error.status)
+def _dropped() -> ProviderError:
+    return ProviderError("connection_error", "cannot reach provider: mock connection dropped", True)
 
 
 def _last_user_text(request: LlmRequest) -> str:
     messages = list(request.messages)
-    for message in reversed(messages):
-        if message.role == "user":
-            return message.content
-    return messages[-1].content if messages else ""
+    chosen = next((m for m in reversed(messages) if m.role == "user"), messages[-1] if messages else None)
+    content = chosen.content if chosen is not None else ""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return " ".join(p.text for p in content if isinstance(p, TextPart))
 
 
 class MockAdapter:
@@ -146,7 +158,7 @@ class MockAdapter:
                 return behaviours.pop(0) if len(behaviours) > 1 else behaviours[0]
         return self.default
 
-    async def complete(self, request: LlmRequest, deployment: Any, api_key: str | None) -> Completion:
+    def _start(self, request: LlmRequest, deployment: Any, api_key: str | None) -> tuple[Behaviour, Call, asyncio.Event]:
         behaviour = self.behaviour_for(deployment)
         call = Call(
             provider=deployment.provider,
@@ -157,33 +169,81 @@ class MockAdapter:
             started_at=time.monotonic(),
             request=request,
         )
-        release = self._release  # a hang waits for the release current when it started
         self.calls.append(call)
         self.in_flight += 1
         self._wake_call_waiters()
-        try:
-            if behaviour.latency_s > 0:
-                await asyncio.sleep(behaviour.latency_s)
-            if behaviour.hang:
-                await release.wait()
-                raise ProviderError("provider_error", "cannot reach provider: mock connection dropped", True)
-            if behaviour.error is not None:
-                raise _copy_error(behaviour.error)
-            content = behaviour.content
-            if content is None:
-                content = f"[mock {deployment.model_id}] {_last_user_text(request)[:40]}"
-            completion = _completion(content, behaviour.finish_reason, behaviour.input_tokens, behaviour.output_tokens)
-        except ProviderError as exc:
-            call.outcome, call.error = "error", exc
-            raise
-        except asyncio.CancelledError:
-            call.outcome = "cancelled"
-            raise
-        finally:
+        return behaviour, call, self._release  # a hang waits for the release current when it started
+
+    async def _before_answer(self, behaviour: Behaviour, release: asyncio.Event, streaming: bool) -> None:
+        if behaviour.latency_s > 0:
+            await asyncio.sleep(behaviour.latency_s)
+        if behaviour.hang:
+            await release.wait()
+            raise _dropped()
+        if behaviour.error is not None and not (streaming and behaviour.fail_after_chunks is not None):
+            raise behaviour.error.copy()
+
+    def _answer(self, behaviour: Behaviour, deployment: Any, request: LlmRequest) -> Completion:
+        content = behaviour.content
+        if content is None:
+            content = f"[mock {deployment.model_id}] {_last_user_text(request)[:40]}"
+        return Completion(
+            content=content, finish_reason=behaviour.finish_reason, input_tokens=behaviour.input_tokens,
+            output_tokens=behaviour.output_tokens, tool_calls=list(behaviour.tool_calls),
+            usage_estimated=behaviour.usage_estimated,
+        )
+
+    def _done(self, call: Call, outcome: Outcome, error: ProviderError | None = None) -> None:
+        if call.finished_at is None:
+            call.outcome, call.error = outcome, error
             call.finished_at = time.monotonic()
             self.in_flight -= 1
-        call.outcome = "ok"
+
+    async def complete(self, request: LlmRequest, deployment: Any, api_key: str | None) -> Completion:
+        behaviour, call, release = self._start(request, deployment, api_key)
+        try:
+            await self._before_answer(behaviour, release, streaming=False)
+            completion = self._answer(behaviour, deployment, request)
+        except ProviderError as exc:
+            self._done(call, "error", exc)
+            raise
+        except BaseException:
+            self._done(call, "cancelled")
+            raise
+        self._done(call, "ok")
         return completion
+
+    async def stream(self, request: LlmRequest, deployment: Any, api_key: str | None) -> AsyncIterator[StreamEvent]:
+        """The scripted answer as events: text chunks, then one fragment per tool call, then
+        the end (a scripted ``fail_after_chunks`` raises instead, after that many chunks)."""
+        behaviour, call, release = self._start(request, deployment, api_key)
+        try:
+            await self._before_answer(behaviour, release, streaming=True)
+            completion = self._answer(behaviour, deployment, request)
+            text = completion.content
+            chunks = behaviour.chunks if behaviour.chunks is not None else [
+                text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)
+            ]
+            for i, chunk in enumerate(chunks):
+                if i == behaviour.fail_after_chunks:
+                    raise behaviour.error.copy() if behaviour.error is not None else _dropped()
+                if i and behaviour.chunk_interval_s > 0:
+                    await asyncio.sleep(behaviour.chunk_interval_s)
+                yield TextDelta(chunk)
+            if behaviour.fail_after_chunks is not None and behaviour.fail_after_chunks >= len(chunks):
+                raise behaviour.error.copy() if behaviour.error is not None else _dropped()
+            for index, tool_call in enumerate(completion.tool_calls):
+                yield ToolCallDelta(index, tool_call.id, tool_call.function.name, tool_call.function.arguments)
+            usage = Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
+                          estimated=completion.usage_estimated)
+            self._done(call, "ok")  # a consumer may stop iterating once it has the end
+            yield StreamEnd(completion.finish_reason, usage)
+        except ProviderError as exc:
+            self._done(call, "error", exc)
+            raise
+        except BaseException:  # cancelled, or the consumer closed the stream early
+            self._done(call, "cancelled")
+            raise
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         self.probes.append((base_url, api_key))
