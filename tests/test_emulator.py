@@ -155,9 +155,9 @@ async def test_a_fault_is_per_model(emulator: Emulator, http: aiohttp.ClientSess
         b'{"model": "m"}',
         b'{"model": "m", "messages": []}',
         b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
-        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}',
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "tool_choice": "maybe"}',
     ],
-    ids=["malformed", "no-model", "no-messages", "empty-messages", "max-tokens-0", "stream"],
+    ids=["malformed", "no-model", "no-messages", "empty-messages", "max-tokens-0", "bad-tool-choice"],
 )
 async def test_bad_requests_get_400_with_openai_error(
     emulator: Emulator, http: aiohttp.ClientSession, raw: bytes
@@ -268,7 +268,8 @@ async def test_serve_announces_itself_and_closes_on_cancel(
         line = capsys.readouterr().out
     match = re.fullmatch(
         r"emulator ready: (http://127\.0\.0\.1:\d+/v1) "
-        r"\(emulated OpenAI chat completions, latency 40 ms\)\n",
+        r"\(emulated OpenAI, Anthropic, Gemini and Ollama APIs, latency 40 ms, "
+        r"admin http://127\.0\.0\.1:\d+/admin\)\n",
         line,
     )
     assert match, line
