@@ -154,6 +154,13 @@ def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
             "direct " + _trio(lat["direct"]),
             "added " + _trio(lat["added"], sign=True) + f"; errors {lat['router']['errors']}/{lat['direct']['errors']}",
         ))
+        if "echo" in lat:
+            out.append((
+                "latency: bare nats-py request/reply echo (the floor), p50/p90/p99",
+                _trio(lat["echo"]),
+                "router's own share = added - echo",
+                _trio(lat["router_share"], sign=True),
+            ))
 
     for t in r.get("throughput", []):
         router, direct = t["router"], t["direct"]
@@ -301,6 +308,9 @@ def goals(results: dict[str, Any], sizes: Any, quick: bool = False) -> list[dict
     lat = results.get("latency")
     goal("added latency p50 over direct", "<= 1.0 ms",
          f"{lat['added']['p50_ms']:.3f} ms" if lat else None, lat["added"]["p50_ms"] <= 1.0 if lat else None)
+    share = lat.get("router_share") if lat else None
+    goal("router's own share of added latency p50 (added - nats echo)", "<= 0.10 ms",
+         f"{share['p50_ms']:.3f} ms" if share else None, share["p50_ms"] <= 0.10 if share else None)
     goal("added latency p99 over direct", "<= 2.5 ms",
          f"{lat['added']['p99_ms']:.3f} ms" if lat else None, lat["added"]["p99_ms"] <= 2.5 if lat else None)
 

@@ -117,6 +117,8 @@ class Bench:
         self.bus200: BusClient | None = None
         self.http0: HttpClient | None = None
         self.http200: HttpClient | None = None
+        self.echo: Child | None = None
+        self.bus_echo: BusClient | None = None
         self.me = psutil.Process()
 
     async def start(self) -> None:
@@ -125,6 +127,10 @@ class Bench:
         self.a0 = self.stack.start_agent(self.nats_url, self.e0.info["url"], "bench0")
         self.bus0 = await BusClient.connect(self.nats_url, "bench0.llm_request")
         self.http0 = await HttpClient(self.e0.info["url"]).open()
+        self.echo = self.stack.spawn_python("echo", "bench.echo", ["--nats", self.nats_url, "--subject", "bench.echo"])
+        self.echo.wait_for_line("echo ready:", 20)
+        self.bus_echo = await BusClient.connect(self.nats_url, "bench.echo")
+        await self.bus_echo.sequential(50)
         # Warm the zero-latency paths once (lazy imports, first-call caches, pools).
         await self.bus0.sequential(50)
         await self.http0.sequential(50)
@@ -154,7 +160,7 @@ class Bench:
         await self.http200.closed_loop(level, 0.6, 0.4)
 
     async def close(self) -> None:
-        for client in (self.bus0, self.bus200, self.http0, self.http200):
+        for client in (self.bus0, self.bus200, self.http0, self.http200, self.bus_echo):
             if client is not None:
                 await client.close()
 
@@ -166,13 +172,16 @@ class Bench:
     # ------------------------------------------------------------------ latency
 
     async def latency(self) -> dict[str, Any]:
-        """One request at a time through the agent vs straight to the emulator (0 ms)."""
+        """One request at a time through the agent vs straight to the emulator (0 ms), and a
+        bare nats-py request/reply echo: the floor any agent on NATS pays. The router's own
+        share is what it adds over direct minus that floor."""
         s = self.sizes
         rounds = []
+        clients = {"router": self.bus0, "direct": self.http0, "echo": self.bus_echo}
         for r in range(s.latency_rounds):
             row: dict[str, Any] = {}
-            for side in _order(r, "router", "direct"):
-                client = self.bus0 if side == "router" else self.http0
+            for side in _order(r, "router", "direct") + ("echo",):
+                client = clients[side]
                 latencies, errors = await client.sequential(s.latency_n)
                 row[side] = {**summarize_ms(latencies), "errors": errors, "n": s.latency_n}
             rounds.append(row)
@@ -180,6 +189,7 @@ class Bench:
                      f"direct p50 {row['direct']['p50_ms']:.3f} ms")
         out = combine(rounds)
         out["added"] = {k: out["router"][k] - out["direct"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
+        out["router_share"] = {k: out["added"][k] - out["echo"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
         return out
 
     # ------------------------------------------------------------------ throughput

@@ -11,7 +11,8 @@ as "Task exception was never retrieved".
 
 Who writes what: ``registry.py`` providers, provider states, breakers, limiters, model
 capabilities; ``requests.py`` active requests, request metrics, the routing cursor;
-``routes.py`` the bad-input counters; ``reports.py`` the published averages.
+``routes.py`` the bad-input counters; ``reports.py`` the published averages;
+``control_service.py`` the routing overrides.
 
 The surface, in one place (``RouterAgent.routes``):
 
@@ -21,6 +22,9 @@ The surface, in one place (``RouterAgent.routes``):
 | provider_register   | ProviderRegister | control.on_register  | provider_registered   | provider_registered.<provider> (+ reply) |
 | provider_update     | ProviderUpdate   | control.on_update    | provider_registered   | provider_registered.<provider> (+ reply) |
 | provider_health     | ProviderHealth   | control.on_health    | router_error          | router_error on bad input |
+| routing_control     | RoutingControl   | control_service.on_event | router_error      | router_error on bad input or a change this instance cannot apply |
+| router_control.<endpoint> (queue) | Control* (nats.micro) | control_service.on_<endpoint> | control_result | control_result (reply), routing_control |
+| $SRV.PING / INFO / STATS | (nats.micro)  | nats.micro           |                       | the control service's discovery answers |
 | (timer)             |                  | reports              |                       | provider_metrics.<provider>, cost_report |
 """
 
@@ -30,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,7 +45,9 @@ import nats.errors
 from router_agent.bus import Liveness, sync_subscriptions
 from router_agent.config import Config
 from router_agent.control import Control
+from router_agent.control_service import ControlService
 from router_agent.core.endpoints import endpoint_host, is_local
+from router_agent.core.engine import NOT_YET
 from router_agent.core.ledger import CostLedger
 from router_agent.http import Guard, HttpClient, policy_guard
 from router_agent.outbox import Outbox
@@ -66,6 +73,7 @@ class RouterAgent:
         clock: Callable[[], float] = time.monotonic,
         tracing: Tracing | None = None,
         adapters: Mapping[str, Adapter] | None = None,
+        rng: random.Random | None = None,
     ):
         self.config = config
         self.settings = config.router
@@ -81,8 +89,12 @@ class RouterAgent:
         self.ledger = CostLedger()
         self.outbox = Outbox(nc, EventFactory(f"router-agent/{self.instance_id}"), self.subjects, self.state.metrics)
         self.registry = ProviderRegistry(config, self.state, self.http, emulator_url, adapters)
-        self.requests = RequestShell(config, self.state, self.registry, self.outbox, self.ledger, self.tracing, clock)
+        self.requests = RequestShell(config, self.state, self.registry, self.outbox, self.ledger, self.tracing, clock,
+                                   rng)
         self.control = Control(config, self.registry, self.outbox, self.state.metrics, self.spawn)
+        self.control_service = ControlService(
+            config, self.state, self.registry, self.outbox, self.subjects, self.instance_id, clock, self.state.metrics
+        )
         self.reports = Reports(
             self.settings, self.state, self.registry, self.ledger, self.outbox, self.instance_id,
             datetime.now(UTC).isoformat(timespec="seconds"),
@@ -128,12 +140,19 @@ class RouterAgent:
                   "provider_registered.<provider> (+ reply)"),
             Route(s.provider_health, "provider_health", c.on_health, c.reject_health,
                   "router_error on bad input"),
+            Route(s.routing_control, "routing_control", self.control_service.on_event,
+                  self.control_service.reject_event,
+                  "router_error on bad input or a change this instance cannot apply"),
         ]
 
     # ------------------------------------------------------------------ start / stop
 
     async def start(self) -> None:
         """Load configured providers, subscribe, start the periodic reports."""
+        for spec in self.config.policy.strategies.values():
+            for rule, on in (("parallel_requests", spec.hedge), ("cache_responses", spec.cache)):
+                if on:  # accepted for the layers to come, and said, never silently ignored
+                    log.warning("routing.strategies.%s: %s", spec.name, NOT_YET[rule])
         await self.registry.load_configured()
         for route in self.routes():
             sub = await self.nc.subscribe(
@@ -142,6 +161,7 @@ class RouterAgent:
             self._subscriptions.append(sub)
             if route.subject == self.subjects.llm_request:
                 self._request_sub = sub
+        await self.control_service.start(self.nc)  # nats.micro: $SRV.* and router_control.<endpoint>
         await sync_subscriptions(self.nc)
         self.liveness = Liveness.from_config(self.nc, self.config.nats)  # reconnects a deaf client
         self.spawn(self.liveness.run())  # cancelled with the other tasks in stop()
@@ -183,6 +203,7 @@ class RouterAgent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.reports.publish_cost_report()
         try:
+            await self.control_service.stop()
             for sub in self._subscriptions:
                 if sub is not self._request_sub:
                     await sub.unsubscribe()

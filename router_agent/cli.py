@@ -22,6 +22,7 @@ import nats.errors
 import yaml
 
 import signals as sig
+from router_agent import control_cli
 from router_agent.bus import BusError, connect, sync_subscriptions
 from router_agent.config import ConfigError, NatsConfig, load_config
 
@@ -46,10 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--emulator-url", default=None, help="use this running emulator for emulated providers")
     run.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
 
-    emulate = sub.add_parser("emulate", help="run the provider emulator (OpenAI chat completions)")
-    emulate.add_argument("--host", default="127.0.0.1")
-    emulate.add_argument("--port", type=int, default=8000)
-    emulate.add_argument("--latency-ms", type=float, default=40.0)
+    emulate = sub.add_parser("emulate", help="run the provider emulator (OpenAI, Anthropic, Gemini, Ollama APIs)")
+    emulate.add_argument("--config", default=None, help="emulator YAML: models, faults, seed (see config/emulator.yaml)")
+    emulate.add_argument("--host", default=None, help="bind address (default: the file's, else 127.0.0.1)")
+    emulate.add_argument("--port", type=int, default=None, help="port (default: the file's, else 8000; 0 picks one)")
+    emulate.add_argument("--latency-ms", type=float, default=None,
+                         help="default time to first token (default: the file's, else 40)")
+    emulate.add_argument("--tokens-per-s", type=float, default=None, help="default generation pace (0: instant)")
+    emulate.add_argument("--jitter", type=float, default=None, help="timing jitter, 0 to 1")
+    emulate.add_argument("--seed", type=int, default=None, help="seed for jitter and fault draws")
 
     request = sub.add_parser("request", help="send one llm_request; print the decision and the response")
     bus(request)
@@ -83,12 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("signal", nargs="*", help=f"signal names (default: all of {', '.join(sig.SIGNAL_TYPES)})")
     watch.add_argument("--count", type=int, default=0, help="exit after this many signals")
     watch.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
+
+    control_cli.add_parser(sub, bus)  # router-agent control ping|info|stats|table|set-primary|...
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": _run, "emulate": _emulate, "request": _request, "register": _register, "watch": _watch}
+    handler = {"run": _run, "emulate": _emulate, "request": _request, "register": _register, "watch": _watch,
+               "control": lambda a: control_cli.run(a, _bus_url(a))}
     try:
         return handler[args.command](args)
     except ConfigError as exc:
@@ -125,11 +134,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from router_agent.emulator import serve
+    from router_agent.emulator import EmulatorConfig, build_config, load_config, serve
 
+    try:
+        base = load_config(args.config) if args.config else EmulatorConfig()
+        config = build_config(base, host=args.host, port=args.port, latency_ms=args.latency_ms,
+                              tokens_per_s=args.tokens_per_s, jitter=args.jitter, seed=args.seed)
+    except ValueError as exc:
+        print(f"router-agent emulate: {exc}", file=sys.stderr)
+        return 2
     _event_loop_policy()
     try:
-        asyncio.run(serve(args.host, args.port, args.latency_ms))
+        asyncio.run(serve(config=config))
     except KeyboardInterrupt:
         pass
     return 0

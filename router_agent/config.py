@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from router_agent.core.routing import STRATEGIES
+from router_agent.core.policy import Policy, PolicyError, build_policy
 from router_agent.settings import (  # noqa: F401 - re-exported: router_agent.config is where callers look
     CircuitBreakerConfig,
     EmbeddedNats,
@@ -113,16 +113,62 @@ class AgentConfig(_Strict):
     name: str = ""
     description: str = ""
     model_preferences: dict[str, str] = {}
+    """Role -> model; ``primary`` leads when no rule decides and no strategy is chosen for
+    the agent; all of them are the agent's candidates."""
     routing_rules: list[RoutingRule] = []
     capabilities_required: list[str] = []
+    """Describes the agent: ranks candidates (capability match), does not filter them."""
+    strategy: str | None = None
+    """A strategy for this agent's requests instead of ``routing.default_strategy``."""
+    pii_detection: bool = True
+    """Scan this agent's prompts for personal data (always on where the environment sets
+    ``require_local_for_pii``)."""
+    local_only: bool = False
+    """Only local models may serve this agent."""
 
 
 # --------------------------------------------------------------------------- routing.yaml
 
 
+class HybridWeights(_Strict):
+    cost_weight: float = Field(0.0, ge=0, le=1)
+    latency_weight: float = Field(0.0, ge=0, le=1)
+    reliability_weight: float = Field(0.0, ge=0, le=1)
+
+
 class StrategyConfig(_Strict):
     description: str = ""
+    base: str | None = None
+    """The building block it orders with (``core.policy.BUILDING_BLOCKS``); defaults to the
+    strategy's own name or, for routing.yaml's named strategies, their documented base."""
     rules: list[dict[str, Any]] = []
+    weights: HybridWeights | None = None
+    """``hybrid``: the weights of cost, latency and reliability."""
+    model_weights: dict[str, float] = Field(default_factory=dict)
+    """``weighted``: model -> weight (an A/B split); models not listed get 0 (fallback only)."""
+    sticky_key: str | None = None
+    """``weighted``: a ``metadata`` key (``user``): the same value always draws the same arm."""
+
+    @model_validator(mode="after")
+    def _weights_in_range(self) -> StrategyConfig:
+        for model, weight in self.model_weights.items():
+            if not 0 <= weight <= MAX_WEIGHT:
+                raise ValueError(f"model_weights.{model}: must be within 0-{MAX_WEIGHT:g}")
+        return self
+
+
+class GlobalOverrides(_Strict):
+    """Environment modes (``environments/*.yaml``)."""
+
+    force_local_models: bool = False
+    """Only local models serve any request."""
+    require_local_for_pii: bool = False
+    """A prompt with personal data goes to local models only, whatever the global rules say,
+    and no agent can switch PII detection off."""
+    max_cloud_spend_per_day: float | None = Field(None, ge=0)
+    """USD of cloud spend per day: the ``budget`` of rules; at it, cloud models are removed."""
+    verbose_routing_logs: bool = False
+    """Log every routing decision (INFO): the choice, the rule, the rejections."""
 
 
 class GlobalRule(_Strict):
@@ -142,22 +188,7 @@ class RoutingConfig(_Strict):
     strategies: dict[str, StrategyConfig] = {"round_robin": StrategyConfig()}
     global_rules: list[GlobalRule] = []
     routing_factors: list[RoutingFactor] = []
-    global_overrides: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _known_default(self) -> RoutingConfig:
-        if self.default_strategy not in self.strategies:
-            raise ValueError(
-                f"default_strategy {self.default_strategy!r} is not one of the strategies "
-                f"{sorted(self.strategies)}"
-            )
-        if self.default_strategy not in STRATEGIES:
-            # Accepting it and routing round robin anyway would be a silent lie.
-            raise ValueError(
-                f"default_strategy {self.default_strategy!r} is not implemented by the routing "
-                f"engine yet (implemented: {list(STRATEGIES)})"
-            )
-        return self
+    global_overrides: GlobalOverrides = GlobalOverrides()
 
 
 # --------------------------------------------------------------------------- the whole
@@ -175,6 +206,12 @@ class Config(_Strict):
     emulation: EmulationConfig = EmulationConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     logging: LoggingConfig = LoggingConfig()
+    _policy: Policy = PrivateAttr(default_factory=Policy)
+
+    @property
+    def policy(self) -> Policy:
+        """The routing policy compiled from agents.yaml and routing.yaml (``core.policy``)."""
+        return self._policy
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Config:
@@ -202,6 +239,13 @@ class Config(_Strict):
                     problems.append((f"agents.{agent_id}.routing_rules[{i}].model", f"unknown model {rule.model!r}"))
         if problems:
             raise UnresolvedReferences(problems)
+        try:
+            self._policy = build_policy(
+                {a: agent.model_dump() for a, agent in self.agents.items()},
+                self.routing.model_dump(), self.models,
+            )
+        except PolicyError as exc:
+            raise UnresolvedReferences(exc.problems) from None
         return self
 
 

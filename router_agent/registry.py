@@ -27,6 +27,7 @@ from router_agent.config import Config, ProviderConfig
 from router_agent.core.breaker import Admission, Breaker
 from router_agent.core.endpoints import endpoint_host, endpoint_origin
 from router_agent.core.model import Deployment
+from router_agent.core.observed import DeploymentStats
 from router_agent.core.routing import ProviderView
 from router_agent.http import HttpClient
 from router_agent.providers import ADAPTERS
@@ -36,11 +37,16 @@ from signals import ProviderStats
 
 log = logging.getLogger("router_agent")
 
-EMULATOR_API = "openai"
-"""The emulator speaks this wire format; emulated providers are called through its adapter."""
+EMULATOR_PATHS = {"openai": "/v1", "anthropic": "/v1", "gemini": "/v1beta", "ollama": ""}
+"""Where the emulator serves each wire format, under its root URL: an emulated provider is
+called through its own vendor's adapter, so the adapter code runs against the emulator."""
 
-LATENCY_WEIGHT = 0.2
-"""Weight of the newest observation in a model's latency average."""
+
+def emulated_base_url(emulator_url: str, api: str) -> str:
+    """The base URL an emulated provider of ``api`` is called at. ``emulator_url`` may be the
+    emulator's root or its OpenAI base (``.../v1``)."""
+    root = emulator_url.rstrip("/").removesuffix("/v1")
+    return root + EMULATOR_PATHS[api]
 
 
 class ModelSpecLike(Protocol):
@@ -74,6 +80,7 @@ def build_deployment(
         context_window=spec.context_window,
         requests_per_minute=spec.rate_limits.requests_per_minute,
         tokens_per_minute=spec.rate_limits.tokens_per_minute,
+        tokens_per_second=(getattr(spec, "performance", None) or {}).get("tokens_per_second"),
         enabled=enabled,
     )
 
@@ -170,6 +177,8 @@ class ProviderRegistry:
         self.runtime_local_hosts: set[str] = set()
         """Hosts of runtime providers trusted as local: every connection must stay local."""
         self.views: dict[str, ProviderView] = {}
+        self.stats = state.deployment_stats
+        """What each deployment has shown (latency, errors, load, rate): routing reads it."""
 
     # ------------------------------------------------------------------ reading
 
@@ -217,7 +226,7 @@ class ProviderRegistry:
             if emulated:
                 if self.emulator_url is None:
                     reason, enabled = f"{reason}; no emulator available", False
-                api, key = EMULATOR_API, None
+                key = None
             elif reason:
                 enabled = False
             models = {
@@ -250,16 +259,16 @@ class ProviderRegistry:
 
     def _config_url(self, provider: ProviderConfig, endpoint: str | None, emulated: bool) -> str:
         if emulated and self.emulator_url is not None:
-            return self.emulator_url
+            return emulated_base_url(self.emulator_url, provider.api)
         return endpoint or provider.base_url or ""
 
     async def _emulation_for(self, name: str, provider: ProviderConfig) -> tuple[bool, str]:
         """(emulated, why) for a configured provider; why without emulation means disabled."""
         mode = self.config.emulation.mode
+        if provider.api not in self.adapters:  # only when a test hands in a partial set
+            return False, f"no adapter for the {provider.api!r} API"
         if mode == "always":
             return True, "emulation mode is 'always'"
-        if provider.api not in self.adapters:
-            return (mode == "auto"), f"no adapter for the {provider.api!r} API yet"
         if provider.type == "cloud":
             if read_key(provider.api_key_env, provider.api_key_file) is None:
                 why = f"no API key in ${provider.api_key_env}" if provider.api_key_env else "no API key"
@@ -316,6 +325,7 @@ class ProviderRegistry:
             for model in previous.models.keys() - entry.models.keys():
                 self.state.circuit_breakers.pop((name, model), None)
                 self.state.rate_limiters.pop((name, model), None)
+                self.stats.pop((name, model), None)
         self.secrets.set(name, key)
         self.state.providers[name] = entry
         self.state.provider_states.setdefault(name, ProviderState())
@@ -324,6 +334,7 @@ class ProviderRegistry:
             self.state.circuit_breakers.setdefault(
                 deployment.key, Breaker(threshold=cb.failure_threshold, cooldown_s=cb.cooldown_s)
             )
+            self.stats.setdefault(deployment.key, DeploymentStats())
             self.state.rate_limiters[deployment.key] = RateLimiter(
                 requests_per_minute=deployment.requests_per_minute,
                 tokens_per_minute=deployment.tokens_per_minute,
@@ -354,9 +365,7 @@ class ProviderRegistry:
             if entry.source == "runtime" and entry.type == "local":
                 local_hosts.update(endpoint_host(d.base_url) for d in entry.models.values())
             pstate = self.state.provider_states[name]
-            views[name] = ProviderView(
-                enabled=entry.enabled, health=pstate.health, weight=entry.weight, latency_ms=pstate.model_latency_ms
-            )
+            views[name] = ProviderView(enabled=entry.enabled, health=pstate.health, weight=entry.weight)
             for model_name, deployment in entry.models.items():
                 by_model.setdefault(model_name, []).append(deployment)
                 capabilities.setdefault(model_name, set()).update(deployment.capabilities)
@@ -369,8 +378,9 @@ class ProviderRegistry:
 
     # ------------------------------------------------------------------ outcomes of attempts
 
-    def attempt_started(self, deployment: Deployment) -> None:
+    def attempt_started(self, deployment: Deployment, now: float, tokens: int) -> None:
         self.state.provider_states[deployment.provider].in_flight += 1
+        self.stats[deployment.key].started(now, tokens)
 
     def record_success(
         self, deployment: Deployment, admission: Admission, latency_ms: float,
@@ -382,20 +392,19 @@ class ProviderRegistry:
         p.input_tokens += tokens_in
         p.output_tokens += tokens_out
         p.cost_usd += cost
-        observed = p.model_latency_ms.get(deployment.model)
-        p.model_latency_ms[deployment.model] = (
-            latency_ms if observed is None else observed + LATENCY_WEIGHT * (latency_ms - observed)
-        )
+        self.stats[deployment.key].succeeded(latency_ms)
 
     def record_failure(self, deployment: Deployment, admission: Admission, latency_ms: float, now: float) -> None:
         """A failure the provider is responsible for: counted, and the breaker learns of it."""
         self.state.circuit_breakers[deployment.key].process_failure(admission, now)
         self._finished(deployment, latency_ms).failures += 1
+        self.stats[deployment.key].failed()
 
     def record_abandon(self, deployment: Deployment, admission: Admission) -> None:
         """The attempt ended for a reason that is not the provider's: nothing is counted."""
         self.state.circuit_breakers[deployment.key].process_abandon(admission)
         self.state.provider_states[deployment.provider].in_flight -= 1
+        self.stats[deployment.key].abandoned()
 
     def _finished(self, deployment: Deployment, latency_ms: float) -> ProviderState:
         p = self.state.provider_states[deployment.provider]

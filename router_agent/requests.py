@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +42,8 @@ from router_agent.core.ledger import CostLedger
 from router_agent.core.lifecycle import RequestLifecycle
 from router_agent.core.model import Deployment
 from router_agent.core.redact import redact
-from router_agent.core.routing import candidate_models, route
 from router_agent.outbox import Outbox
+from router_agent.planner import Planner, utc_day
 from router_agent.providers.base import ProviderError
 from router_agent.registry import ProviderRegistry
 from router_agent.routes import addressable_id
@@ -51,17 +52,23 @@ from router_agent.telemetry import Tracing
 from signals import (
     AssistantMessage,
     Attempt,
+    ChatMessage,
     ErrorCode,
     ErrorInfo,
     LlmRequest,
     LlmResponse,
-    RoutingDecision,
     SignalError,
     Usage,
+    Verification,
 )
-from signals.types import MAX_REJECTIONS_LISTED
 
 log = logging.getLogger("router_agent")
+
+VERIFY_PROMPT = (
+    "Check the answer above for mistakes. If it is correct and complete, repeat it unchanged. "
+    "Otherwise reply with the corrected answer only."
+)
+"""What the verifier of a quality_assurance rule is asked (with the conversation and the draft)."""
 
 STREAM_NOT_SUPPORTED = (
     "stream: true is not supported yet; the answer comes as one final llm_response"
@@ -78,8 +85,10 @@ class RequestShell:
         ledger: CostLedger,
         tracing: Tracing,
         clock: Callable[[], float],
+        rng: random.Random | None = None,
     ):
         self.config = config
+        self.planner = Planner(config, state, registry, outbox, ledger, clock, rng)
         self.settings = config.router
         self.state = state
         self.registry = registry
@@ -194,42 +203,31 @@ class RequestShell:
             metrics.errors_by_code[code] = metrics.errors_by_code.get(code, 0) + 1
         await self.outbox.send_answer(request.agent_id, payload, reply, traceparent)
 
-    async def _decide(self, request: LlmRequest, traceparent: str | None) -> tuple[list[Deployment], str]:
-        """Route and publish the routing_decision; return the deployments to try in order.
-
-        Kept apart from the call so the decision's objects are freed before the long wait
-        on the provider (they were ~1.3 KB of every in-flight request).
-        """
-        registry = self.registry
-        agent_cfg = self.config.agents.get(request.agent_id)
-        models, why = candidate_models(
-            request, registry.deployments_by_model, self.config.aliases,
-            agent_cfg.model_preferences if agent_cfg else None, registry.default_pool,
-        )
-        deployments = [d for m in models for d in registry.deployments_by_model.get(m, ())]
-        lb = self.state.load_balancing
-        decision = route(request, deployments, registry.views, self.state.circuit_breakers, self.clock(), lb.cursor)
-        lb.cursor += 1
-        ordered = decision.ordered[: self.settings.max_attempts]
-        candidates = decision.candidates()
-        emulated = bool(ordered) and self.state.providers[ordered[0].provider].emulated
-        await self.outbox.publish(
-            self.outbox.subjects.routing_decision(request.agent_id),
-            "routing_decision",
-            RoutingDecision(
-                request_id=request.request_id,
-                agent_id=request.agent_id,
-                strategy=decision.strategy,
-                reason=f"{why}; {decision.reason}",
-                chosen=candidates[0] if candidates else None,
-                fallbacks=candidates[1 : len(ordered)],
-                rejected=decision.rejected[:MAX_REJECTIONS_LISTED],
-                rejected_omitted=max(0, len(decision.rejected) - MAX_REJECTIONS_LISTED),
-                emulated=emulated,
-            ),
-            traceparent,
-        )
-        return ordered, (why if not deployments else decision.reason)
+    async def _verify(self, request: LlmRequest, draft: LlmResponse, verifier: Deployment, deadline: float,
+                      started: float, active: ActiveRequest, attempts: list[Attempt],
+                      life: RequestLifecycle) -> LlmResponse:
+        """quality_assurance: a stronger model checks the draft. The caller gets the
+        verifier's answer (``verification.status: verified``); if the verifier fails, the
+        draft with ``status: failed``. Both calls are billed and listed in ``attempts``."""
+        content = draft.message.content if draft.message is not None else ""
+        check = msgspec.structs.replace(request, model=None, messages=[
+            *request.messages,
+            ChatMessage(role="assistant", content=content),
+            ChatMessage(role="user", content=VERIFY_PROMPT),
+        ])
+        timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
+        checked = await self._attempt_chain(check, [verifier], deadline, timeout_ms, started, active, attempts, life)
+        draft_info = Verification(status="failed", draft_model=draft.model, draft_provider=draft.provider,
+                                  verifier_model=verifier.model, verifier_provider=verifier.provider)
+        if checked.error is not None:
+            draft.verification = draft_info
+            draft.attempts = attempts
+            return draft
+        draft_info.status = "verified"
+        checked.verification = draft_info
+        checked.cost_usd = round(checked.cost_usd + draft.cost_usd, 10)
+        checked.usage = _sum_usage(draft.usage, checked.usage)
+        return checked
 
     async def _route_and_call(
         self,
@@ -240,12 +238,29 @@ class RequestShell:
         attempts: list[Attempt],
         life: RequestLifecycle,
     ) -> LlmResponse:
-        ordered, no_candidates_reason = await self._decide(request, traceparent)
+        ordered, no_candidates_reason, verifier = await self.planner.plan(request, traceparent, active)
         if not ordered:
             return _error(request, "no_candidates", no_candidates_reason, False, attempts)
         life.process_plan()
         timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
         deadline = started + timeout_ms / 1000
+        response = await self._attempt_chain(request, ordered, deadline, timeout_ms, started, active, attempts, life)
+        if verifier is not None and response.error is None and response.model == ordered[0].model:
+            response = await self._verify(request, response, verifier, deadline, started, active, attempts, life)
+        return response
+
+    async def _attempt_chain(
+        self,
+        request: LlmRequest,
+        ordered: list[Deployment],
+        deadline: float,
+        timeout_ms: int,
+        started: float,
+        active: ActiveRequest,
+        attempts: list[Attempt],
+        life: RequestLifecycle,
+    ) -> LlmResponse:
+        """Try ``ordered`` in turn within the deadline; the first success answers."""
         registry = self.registry
         breakers = self.state.circuit_breakers
         last_error: ProviderError | None = None
@@ -263,7 +278,7 @@ class RequestShell:
             provider_budget = registry.timeout_s(dep.provider)
             active.provider = dep.provider
             active.model = dep.model
-            registry.attempt_started(dep)
+            registry.attempt_started(dep, now, active.tokens)
             scope = asyncio.timeout(min(provider_budget, remaining))
             try:
                 async with scope:
@@ -280,7 +295,7 @@ class RequestShell:
                                     retryable=exc.retryable),
                 ))
                 last_error = exc
-                if not exc.retryable:
+                if not exc.fallback:  # the request's own fault: another provider would fail it too
                     break
                 continue
             except TimeoutError:
@@ -314,19 +329,20 @@ class RequestShell:
             cost = cost_usd(completion.input_tokens, completion.output_tokens, dep.price_in, dep.price_out)
             registry.record_success(dep, admission, latency, completion.input_tokens, completion.output_tokens, cost)
             self.ledger.charge(request.agent_id, dep.model, dep.provider,
-                               completion.input_tokens, completion.output_tokens, cost)
+                               completion.input_tokens, completion.output_tokens, cost,
+                               cloud=dep.type == "cloud", day=utc_day())
             self.state.metrics.total_cost += cost
             attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="ok", latency_ms=round(latency, 3)))
             return LlmResponse(
                 request_id=request.request_id,
                 agent_id=request.agent_id,
                 status="ok",
-                message=AssistantMessage(content=completion.content),
+                message=AssistantMessage(content=completion.content, tool_calls=completion.tool_calls),
                 model=dep.model,
                 provider=dep.provider,
                 emulated=self.state.providers[dep.provider].emulated,
-                finish_reason=completion.finish_reason,
-                usage=Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),
+                finish_reason=completion.finish_reason,  # type: ignore[arg-type]  # adapters normalise it
+                usage=completion.usage(),
                 cost_usd=round(cost, 10),
                 latency_ms=round((self.clock() - started) * 1000, 3),
                 attempts=attempts,
@@ -334,7 +350,7 @@ class RequestShell:
 
         if self.clock() >= deadline:
             return _error(request, "timeout", f"no answer within {timeout_ms} ms", True, attempts)
-        if last_error is not None and not last_error.retryable:
+        if last_error is not None and not last_error.fallback:
             return _error(request, last_error.code, redact(last_error.message, registry.secrets.known()), False, attempts)
         return _error(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
 
@@ -346,6 +362,12 @@ def _close_broken_attempt(registry: ProviderRegistry, dep: Deployment, admission
     registry.record_abandon(dep, admission)
     attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="error", latency_ms=round(elapsed_s * 1000, 3),
                             error=ErrorInfo(code="internal", message="internal router error")))
+
+
+def _sum_usage(a: Usage, b: Usage) -> Usage:
+    """Usage of two calls billed for one answer (every counter adds up)."""
+    return Usage(**{f: getattr(a, f) + getattr(b, f) for f in Usage.__struct_fields__ if f != "estimated"},
+                 estimated=a.estimated or b.estimated)
 
 
 def _error(request: LlmRequest, code: ErrorCode, message: str, retryable: bool, attempts: list[Attempt]) -> LlmResponse:

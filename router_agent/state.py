@@ -23,6 +23,8 @@ from pydantic import BaseModel, Field, field_serializer, field_validator
 
 from router_agent.core.breaker import Breaker
 from router_agent.core.model import Deployment
+from router_agent.core.observed import DeploymentStats
+from router_agent.core.overrides import RoutingOverrides
 
 
 class ProviderEntry(BaseModel):
@@ -60,8 +62,6 @@ class ProviderState:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
-    model_latency_ms: dict[str, float] = field(default_factory=dict)
-    """Observed latency by model: an exponentially weighted average of successful attempts."""
 
 
 @dataclass(slots=True)
@@ -74,6 +74,8 @@ class ActiveRequest:
     started: float
     provider: str = ""
     model: str = ""
+    tokens: int = 0
+    """Estimated tokens (prompt and completion), counted in each attempt's rate window."""
 
 
 @dataclass(slots=True)
@@ -99,6 +101,9 @@ class Metrics:
     avg_latency_by_provider: dict[str, float] = field(default_factory=dict)
     error_rates: dict[str, float] = field(default_factory=dict)
     total_cost: float = 0.0
+    decisions_by_strategy: dict[str, int] = field(default_factory=dict)
+    privacy_activations: int = 0
+    """Decisions where privacy (privacy_level high or personal data) kept a request local."""
 
 
 @dataclass(slots=True)
@@ -142,13 +147,19 @@ class RouterState(BaseModel):
     """By ``(provider, model)``."""
     rate_limiters: dict[tuple[str, str], RateLimiter] = {}
     """By ``(provider, model)``."""
+    deployment_stats: dict[tuple[str, str], DeploymentStats] = {}
+    """What each deployment has shown (latency, error rate, load, rate window), by
+    ``(provider, model)``: the routing engine reads it on every decision."""
+    routing_overrides: RoutingOverrides = Field(default_factory=RoutingOverrides)
+    """Run-time changes from the control service (``core/overrides.py``); the routing engine
+    reads them on every request. Expiry times are on the agent's monotonic clock."""
 
-    @field_validator("active_requests", "circuit_breakers", "rate_limiters", mode="before")
+    @field_validator("active_requests", "circuit_breakers", "rate_limiters", "deployment_stats", mode="before")
     @classmethod
     def _tuple_keys(cls, value: Any) -> Any:
         return _unnest(value)
 
-    @field_serializer("active_requests", "circuit_breakers", "rate_limiters", when_used="json")
+    @field_serializer("active_requests", "circuit_breakers", "rate_limiters", "deployment_stats", when_used="json")
     def _nested_keys(self, table: dict[tuple[str, str], Any]) -> dict[str, dict[str, Any]]:
         return _nest(table)
 

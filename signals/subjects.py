@@ -10,6 +10,8 @@
 | ``provider_metrics.<provider>`` | router | periodic |
 | ``cost_report`` | router | periodic |
 | ``router_error`` | router | bad input on a subject whose signal has no answer of its own |
+| ``router_control.<endpoint>`` | operators | the control service (nats.micro ``llm-router-control``): ``set_primary``, ``override_strategy``, ``force_model``, ``clear``, ``table``; one instance answers each (queue group ``router``) |
+| ``routing_control`` | router | every accepted control change; every router instance applies it |
 | ``llm_response.%`` / ``provider_registered.%`` | router | answers to bad input whose id could not be read (``%`` is no id's token) |
 
 Per-agent and per-provider suffixes let a consumer select (``llm_response.cto_agent``)
@@ -70,6 +72,9 @@ class Subjects:
         self.provider_health = f"{p}provider_health"
         self.cost_report = f"{p}cost_report"
         self.router_error = f"{p}router_error"
+        self.router_control = f"{p}router_control"
+        """The control service's endpoints: ``router_control.<endpoint>``."""
+        self.routing_control = f"{p}routing_control"
 
     def llm_response(self, agent_id: str) -> str:
         return f"{self.prefix}llm_response.{token(agent_id)}"

@@ -10,7 +10,7 @@ Rules of this file:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -53,9 +53,10 @@ Price = Annotated[float, Meta(ge=0, le=MAX_PRICE_PER_1K_TOKENS_USD)]
 RatePerMinute = Annotated[int, Meta(ge=1, le=MAX_RATE_PER_MINUTE)]
 Weight = Annotated[float, Meta(ge=0, le=MAX_WEIGHT)]
 
-ProviderApi = Literal["openai", "anthropic", "gemini"]
-"""Wire formats the contract knows; ``openai`` covers vLLM, llama.cpp, LM Studio and Ollama's
-OpenAI-compatible endpoint. The router says which it has an adapter for."""
+ProviderApi = Literal["openai", "anthropic", "gemini", "ollama"]
+"""Wire formats the contract knows: OpenAI Chat Completions (also vLLM, llama.cpp, LM Studio
+and Ollama's OpenAI-compatible endpoint), Anthropic Messages, Gemini ``generateContent`` and
+Ollama's native ``/api/chat``."""
 
 Probability = Annotated[float, Meta(ge=0, le=1)]
 
@@ -67,6 +68,13 @@ ErrorCode = Literal[
     "no_candidates",
     "all_providers_failed",
     "provider_error",
+    "server_error",
+    "connection_error",
+    "auth_error",
+    "bad_request",
+    "context_length_exceeded",
+    "content_filtered",
+    "not_found",
     "budget_exceeded",
     "rate_limited",
     "timeout",
@@ -91,20 +99,156 @@ class ErrorInfo(Struct, kw_only=True, omit_defaults=True):
 
 
 class Usage(Struct, kw_only=True):
+    """Tokens of one completion. ``input_tokens`` counts every input token, cached and
+    cache-written ones included; ``output_tokens`` counts every output token, reasoning
+    ones included (whatever each vendor's own split is)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    """Of ``input_tokens``, those read from the provider's prompt cache."""
+    cache_creation_input_tokens: int = 0
+    """Of ``input_tokens``, those written to the provider's prompt cache (Anthropic)."""
+    reasoning_tokens: int = 0
+    """Of ``output_tokens``, those spent on hidden reasoning."""
+    estimated: bool = False
+    """The provider reported no usage (some streams do not): the router estimated it."""
 
 
 # --------------------------------------------------------------------------- llm_request
+
+
+# The OpenAI chat shape, completed with what agents send in practice: content parts (text and
+# images), tools and tool calls, response formats. Adapters translate it to each vendor's own.
+
+MAX_TEXT_CHARS = 16_000_000
+"""A text part, tool-call arguments, an image URL: far above ``max_payload_bytes``, which is
+what really bounds them; the bound is there so no field is unbounded by accident."""
+MAX_CONTENT_PARTS = 1024
+MAX_TOOLS = 128
+"""OpenAI's own limit on tools per request."""
+MAX_SCHEMA_KEYS = 64
+
+ToolName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+\Z")]
+"""A function name every vendor accepts (OpenAI's rule: letters, digits, ``_``, ``-``, 64 at most)."""
+ToolCallId = Annotated[str, Meta(min_length=1, max_length=256)]
+JsonSchema = Annotated[dict[Annotated[str, Meta(max_length=256)], Any], Meta(max_length=MAX_SCHEMA_KEYS)]
+"""A JSON Schema object (its nesting is bounded by the envelope's depth limit)."""
+LongText = Annotated[str, Meta(max_length=MAX_TEXT_CHARS)]
+
+
+class ImageUrl(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_CHARS)]
+    """``https://...`` or a data URL (``data:image/png;base64,...``)."""
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextPart(Struct, tag_field="type", tag="text", kw_only=True, forbid_unknown_fields=True):
+    """``{"type": "text", "text": ...}``"""
+
+    text: LongText
+
+
+class ImagePart(Struct, tag_field="type", tag="image_url", kw_only=True, forbid_unknown_fields=True):
+    """``{"type": "image_url", "image_url": {"url": ..., "detail": ...}}``"""
+
+    image_url: ImageUrl
+
+
+ContentPart = TextPart | ImagePart
+
+
+class FunctionCall(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: ToolName
+    arguments: LongText = "{}"
+    """The arguments as a JSON text, as the model wrote them (it may not be valid JSON)."""
+
+
+class ToolCall(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A call the assistant asked for; the caller answers it with a ``tool`` message."""
+
+    id: ToolCallId
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """One message in the OpenAI chat shape."""
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
-    """Bounded only by the router's ``max_payload_bytes``."""
+    content: str | Annotated[list[ContentPart], Meta(max_length=MAX_CONTENT_PARTS)] | None = None
+    """A string, or a list of text and image parts; null only in an assistant message that
+    carries ``tool_calls``. Bounded only by the router's ``max_payload_bytes``."""
     name: Annotated[str, Meta(max_length=128)] | None = None
+    tool_calls: Annotated[list[ToolCall], Meta(max_length=MAX_TOOLS)] | None = None
+    """Assistant messages only: the calls the assistant made."""
+    tool_call_id: ToolCallId | None = None
+    """``tool`` messages only, and required there: the call this message answers."""
+
+    def __post_init__(self) -> None:
+        # Cheap checks (this runs for every message decoded); msgspec reports them as
+        # validation errors at the message's path.
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content may be null only in an assistant message with tool_calls")
+        if self.role == "tool":
+            if self.tool_call_id is None:
+                raise ValueError("a tool message needs tool_call_id")
+        elif self.tool_call_id is not None:
+            raise ValueError("tool_call_id belongs in tool messages only")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls belong in assistant messages only")
+
+
+class FunctionDef(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    name: ToolName
+    description: Annotated[str, Meta(max_length=100_000)] | None = None
+    parameters: JsonSchema | None = None
+    """A JSON Schema object for the arguments; none means the function takes none."""
+    strict: bool | None = None
+    """OpenAI's strict schema adherence; other vendors ignore it."""
+
+
+class Tool(Struct, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class FunctionName(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: ToolName
+
+
+class ToolChoiceFunction(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Force a call to one named function."""
+
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+ToolChoice = Literal["auto", "none", "required"] | ToolChoiceFunction
+
+
+class JsonSchemaSpec(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    name: ToolName
+    schema: JsonSchema
+    description: Annotated[str, Meta(max_length=100_000)] | None = None
+    strict: bool | None = None
+
+
+class TextFormat(Struct, tag_field="type", tag="text", forbid_unknown_fields=True):
+    """Free text (the default)."""
+
+
+class JsonObjectFormat(Struct, tag_field="type", tag="json_object", forbid_unknown_fields=True):
+    """Any JSON object (needs a model with ``json_mode``)."""
+
+
+class JsonSchemaFormat(Struct, tag_field="type", tag="json_schema", kw_only=True, forbid_unknown_fields=True):
+    """JSON that follows a schema (needs a model with ``structured_output``)."""
+
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
 
 
 class Params(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -172,6 +316,11 @@ class LlmRequest(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields
     params: Params = msgspec.field(default_factory=Params)
     task: Task = msgspec.field(default_factory=Task)
     requirements: Requirements = msgspec.field(default_factory=Requirements)
+    tools: Annotated[list[Tool], Meta(max_length=MAX_TOOLS)] = []
+    """Functions the model may call (needs a model with ``tool_calling``); at most 128."""
+    tool_choice: ToolChoice | None = None
+    """``auto`` (the default with tools), ``none``, ``required`` or one named function."""
+    response_format: ResponseFormat | None = None
     stream: bool = False
     """Streaming is not supported yet: the answer comes as one final ``llm_response``
     carrying a warning that says so."""
@@ -190,7 +339,12 @@ class Candidate(Struct, kw_only=True, omit_defaults=True):
     provider: str
     model: str
     score: float = 0.0
+    """The ``routing_factors`` score, 0-1: the weighted sum of task-complexity fit, cost
+    efficiency, privacy fit, speed and availability (weights in ``routing.yaml``)."""
     estimated_cost_usd: float = 0.0
+    suitability: int = 0
+    """1-5: how well the model suits the task type (its capabilities, its strength for the
+    complexity, its observed outcomes)."""
 
 
 class Rejection(Struct, kw_only=True):
@@ -202,14 +356,40 @@ class Rejection(Struct, kw_only=True):
 
 
 class RoutingDecision(Struct, kw_only=True, omit_defaults=True):
-    """What the router chose for a request, and why."""
+    """What the router chose for a request, and why: enough to answer "why did my request
+    go there?" without reading code."""
 
     request_id: str
     agent_id: str
     strategy: str
+    """The strategy that ranked the candidates (an override, the agent's or the default)."""
     reason: str
+    """Where the candidates came from, what chose the first, and how the strategy was chosen."""
+    rule: str = ""
+    """What put the first choice first: an agent rule (``agents.<id>.routing_rules[i]``),
+    ``caller`` (the request named the model), ``forced`` (an operator forced it for the
+    task), ``primary`` (the agent's primary model), ``strategy``, or a global rule's name."""
+    confidence: float = 0.0
+    """0-1: 1 when the caller or an operator named the model; else from the first choice's
+    suitability and its score's margin over the runner-up."""
+    complexity: int = 0
+    """The task complexity (0-10) routing used."""
+    complexity_source: Literal["request", "estimated", ""] = ""
+    pii_kinds: list[str] = []
+    """Kinds of personal data found in the prompt (``email``, ``payment_card``...), never
+    the values."""
+    privacy: str = ""
+    """The local-only constraint applied, when one was (privacy, PII, environment, budget rule)."""
     chosen: Candidate | None = None
     fallbacks: list[Candidate] = []
+    """In the order they will be tried; each passed every hard constraint."""
+    estimated_cost_usd: float = 0.0
+    """The chosen candidate's estimated cost."""
+    verify_with: Candidate | None = None
+    """A quality_assurance rule asked for a verification of the answer by this model."""
+    notes: list[str] = []
+    """Rules that matched but could not decide (their model was removed), rules that moved
+    candidates, thresholds that switched the preferred model type."""
     rejected: list[Rejection] = []
     """Candidates a hard constraint removed, each with the constraint; at most
     ``MAX_REJECTIONS_LISTED`` (the rest are counted in ``rejected_omitted``)."""
@@ -233,11 +413,29 @@ class Attempt(Struct, kw_only=True, omit_defaults=True):
     error: ErrorInfo | None = None
 
 
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+"""Why generation ended, the same for every vendor: ``stop`` (natural end or a stop
+sequence), ``length`` (max_tokens), ``tool_calls``, ``content_filter``, ``error``."""
+
+
 class AssistantMessage(Struct, kw_only=True):
-    """The OpenAI assistant-message shape; ``role`` is always on the wire."""
+    """The OpenAI assistant-message shape; ``role`` and ``tool_calls`` are always on the wire."""
 
     role: Literal["assistant"] = "assistant"
     content: str = ""
+    tool_calls: list[ToolCall] = []
+
+
+class Verification(Struct, kw_only=True):
+    """A quality_assurance verification: a draft by one model, checked by a stronger one.
+    ``verified``: the answer is the verifier's; ``failed``: the verifier failed, the answer
+    is the draft, unverified."""
+
+    status: Literal["verified", "failed"]
+    draft_model: str
+    draft_provider: str
+    verifier_model: str
+    verifier_provider: str
 
 
 class LlmResponse(Struct, kw_only=True, omit_defaults=True):
@@ -250,13 +448,16 @@ class LlmResponse(Struct, kw_only=True, omit_defaults=True):
     model: str = ""
     provider: str = ""
     emulated: bool = False
-    finish_reason: str = ""
+    finish_reason: FinishReason | Literal[""] = ""
+    """Set on every ``ok`` answer."""
     usage: Usage = msgspec.field(default_factory=Usage)
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     attempts: list[Attempt] = []
     error: ErrorInfo | None = None
     warnings: list[str] = []
+    verification: Verification | None = None
+    """Set when a quality_assurance rule had the answer verified (both calls are billed)."""
     """Things the caller asked for that this answer does not do as asked (for example
     ``stream: true`` before streaming lands: the answer comes as one final message)."""
 
@@ -413,6 +614,166 @@ class RouterError(Struct, kw_only=True, omit_defaults=True):
     error: ErrorInfo
 
 
+# --------------------------------------------------------------------------- runtime control
+#
+# The control service (nats.micro ``llm-router-control``, endpoints under ``router_control.``)
+# takes the ``control_*`` requests and answers ``control_result`` (or ``routing_table``);
+# every accepted change is published as ``routing_control`` and applied by every instance.
+
+MAX_OVERRIDE_DURATION_S = 30 * 24 * 3600.0
+"""An override lasts at most 30 days; without a duration it lasts until cleared."""
+
+OverrideDuration = Annotated[float, Meta(gt=0, le=MAX_OVERRIDE_DURATION_S)]
+Reason = Annotated[str, Meta(min_length=1, max_length=500)]
+OverrideKind = Literal["primary", "strategy", "forced"]
+ControlAction = Literal["set_primary", "override_strategy", "force_model", "clear", "table"]
+
+
+class ControlSetPrimary(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Sets an agent's primary model: its requests go to that model first (the hard
+    constraints still apply; the agent's preferences stay as fallbacks)."""
+
+    agent_id: Identifier
+    """An agent configured in ``agents.yaml``."""
+    model: Identifier
+    """A model name or alias the router knows; an alias is stored as the model it names."""
+    reason: Reason
+    """Why (at most 500 characters); shown in the routing table and the event."""
+    duration_s: OverrideDuration | None = None
+    """Seconds until it reverts by itself (at most 30 days); omitted: until cleared."""
+    requested_by: Annotated[str, Meta(max_length=128)] = ""
+    """Who asked, as the sender says (the bus permissions decide who may send at all)."""
+
+
+class ControlOverrideStrategy(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Overrides the routing strategy for one agent, or for every agent, for a while."""
+
+    strategy: Identifier
+    """A strategy the engine implements or a named strategy of ``routing.yaml``."""
+    reason: Reason
+    agent_id: Identifier | None = None
+    """Any agent id (agents not in ``agents.yaml`` route too); omitted: the global override,
+    which an agent's own override beats."""
+    duration_s: OverrideDuration | None = None
+    """Seconds until it reverts by itself (at most 30 days); omitted: until cleared."""
+    requested_by: Annotated[str, Meta(max_length=128)] = ""
+
+
+class ControlForceModel(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Forces a model for every request of one task (``task.id``); the hard constraints still
+    apply, so a private request is never forced onto a cloud model."""
+
+    task_id: Identifier
+    model: Identifier
+    """A model name or alias the router knows."""
+    reason: Reason
+    duration_s: OverrideDuration | None = None
+    """Seconds until it reverts by itself (at most 30 days); omitted: until cleared."""
+    requested_by: Annotated[str, Meta(max_length=128)] = ""
+
+
+class ControlClear(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Removes one override at once."""
+
+    kind: OverrideKind
+    key: Identifier | None = None
+    """The agent id (``primary``, ``strategy``) or task id (``forced``); omitted with
+    ``strategy``: the global override."""
+    reason: Annotated[str, Meta(max_length=500)] = ""
+    requested_by: Annotated[str, Meta(max_length=128)] = ""
+
+
+class ControlTable(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Asks for the current routing table (answered with ``routing_table``)."""
+
+    agent_id: Identifier | None = None
+    """Only this agent's row (and the overrides that concern it)."""
+
+
+class RoutingChange(Struct, kw_only=True, omit_defaults=True):
+    """One change to the routing overrides."""
+
+    action: Literal["set", "clear"]
+    kind: OverrideKind
+    key: Identifier | None = None
+    """Agent id (``primary``, ``strategy``; none: the global strategy) or task id (``forced``)."""
+    model: Identifier | None = None
+    strategy: Identifier | None = None
+    duration_s: OverrideDuration | None = None
+    """How long it lasts from when it is applied; none: until cleared."""
+    reason: Annotated[str, Meta(max_length=500)] = ""
+    requested_by: Annotated[str, Meta(max_length=128)] = ""
+
+
+class ControlResult(Struct, kw_only=True, omit_defaults=True):
+    """Answer of the control service: the change made, or every reason why not."""
+
+    accepted: bool
+    action: ControlAction
+    instance_id: str = ""
+    """The router instance that answered (and published the ``routing_control`` event)."""
+    change: RoutingChange | None = None
+    changed: bool = False
+    """False when ``clear`` found nothing to remove (it is accepted all the same)."""
+    expires_at: str | None = None
+    """When the override reverts by itself (UTC, ISO 8601); none: until cleared."""
+    errors: list[ErrorInfo] = []
+
+
+class RoutingControl(Struct, kw_only=True, omit_defaults=True):
+    """Event: a change to the routing overrides, published on ``routing_control`` by the
+    instance that accepted it. Every other instance applies it; observers see it."""
+
+    instance_id: Annotated[str, Meta(max_length=256)]
+    change: RoutingChange
+    expires_at: Annotated[str, Meta(max_length=64)] | None = None
+    """When the override reverts by itself (UTC, ISO 8601), for observers; each instance
+    counts ``change.duration_s`` from when it applies the change."""
+
+
+class OverrideInfo(Struct, kw_only=True, omit_defaults=True):
+    """One live override in the routing table."""
+
+    kind: OverrideKind
+    key: str | None = None
+    """Agent id, task id, or none for the global strategy."""
+    model: str | None = None
+    strategy: str | None = None
+    reason: str = ""
+    expires_in_s: float | None = None
+    """Seconds left; none: until cleared."""
+
+
+class AgentRouting(Struct, kw_only=True, omit_defaults=True):
+    """How one agent's requests are routed now."""
+
+    strategy: str
+    strategy_source: Literal["config", "global_override", "agent_override"]
+    primary: str | None = None
+    """The model tried first: the override, else the ``primary`` preference of ``agents.yaml``."""
+    primary_source: Literal["config", "override", "none"] = "none"
+    model_preferences: dict[str, str] = {}
+    routing_rules: int = 0
+    """How many routing rules ``agents.yaml`` gives the agent."""
+    configured: bool = True
+    """False for an agent that is not in ``agents.yaml`` but has an override."""
+
+
+class RoutingTable(Struct, kw_only=True, omit_defaults=True):
+    """Answer to ``control_table``: the routing as one instance applies it now."""
+
+    instance_id: str
+    default_strategy: str
+    """The strategy of ``routing.yaml``."""
+    strategy: str
+    """What an agent without its own override gets now (the global override, else the default)."""
+    strategies: list[str] = []
+    """Every strategy name an override may use."""
+    agents: dict[str, AgentRouting] = {}
+    overrides: list[OverrideInfo] = []
+    """Every live override, forced models included."""
+
+
 # The registry below drives decoding, schema export and the docs. Keep it complete.
 SIGNAL_TYPES: dict[str, type[Struct]] = {
     "llm_request": LlmRequest,
@@ -425,6 +786,14 @@ SIGNAL_TYPES: dict[str, type[Struct]] = {
     "provider_metrics": ProviderMetrics,
     "cost_report": CostReport,
     "router_error": RouterError,
+    "control_set_primary": ControlSetPrimary,
+    "control_override_strategy": ControlOverrideStrategy,
+    "control_force_model": ControlForceModel,
+    "control_clear": ControlClear,
+    "control_table": ControlTable,
+    "control_result": ControlResult,
+    "routing_table": RoutingTable,
+    "routing_control": RoutingControl,
 }
 
 __all__ = [
@@ -435,25 +804,47 @@ __all__ = [
     "MAX_COST_USD",
     "MAX_LATENCY_MS",
     "MAX_MODELS_PER_PROVIDER",
+    "MAX_OVERRIDE_DURATION_S",
     "MAX_PRICE_PER_1K_TOKENS_USD",
     "MAX_RATE_PER_MINUTE",
     "MAX_WEIGHT",
     "SIGNAL_TYPES",
+    "AgentRouting",
     "AssistantMessage",
     "Attempt",
     "Candidate",
     "Capability",
     "ChatMessage",
+    "ContentPart",
+    "ControlAction",
+    "ControlClear",
+    "ControlForceModel",
+    "ControlOverrideStrategy",
+    "ControlResult",
+    "ControlSetPrimary",
+    "ControlTable",
     "CostLine",
     "CostReport",
     "ErrorCode",
     "ErrorInfo",
+    "FinishReason",
+    "FunctionCall",
+    "FunctionDef",
+    "FunctionName",
     "Identifier",
+    "ImagePart",
+    "ImageUrl",
+    "JsonObjectFormat",
+    "JsonSchemaFormat",
+    "JsonSchemaSpec",
     "LlmRequest",
     "LlmResponse",
     "ModelPrice",
     "ModelSpec",
     "ModelUpdate",
+    "OverrideDuration",
+    "OverrideInfo",
+    "OverrideKind",
     "Params",
     "ProviderApi",
     "ProviderHealth",
@@ -463,10 +854,22 @@ __all__ = [
     "ProviderStats",
     "ProviderUpdate",
     "RateLimits",
+    "Reason",
     "Rejection",
     "Requirements",
+    "ResponseFormat",
     "RouterError",
+    "RoutingChange",
+    "RoutingControl",
     "RoutingDecision",
+    "RoutingTable",
     "Task",
+    "TextFormat",
+    "TextPart",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+    "ToolChoiceFunction",
     "Usage",
+    "Verification",
 ]

@@ -156,6 +156,41 @@ async def agent(agents: AgentHarness) -> RouterAgent:
     return await agents.start()
 
 
+# --------------------------------------------------------------- routers with fake clocks, an operator
+
+@pytest.fixture
+async def routers(nats_url, emulator, make_config) -> AsyncIterator[Any]:
+    """Start router agents on the real server, each with its own fake clock."""
+    started: list[RouterAgent] = []
+
+    from tests.fast import FakeClock  # tests.fast imports this module
+
+    async def start(instance_id: str, clock: Any = None) -> RouterAgent:
+        nc = await nats.connect(nats_url, name=f"router-{instance_id}")
+        config = make_config({"router": {"instance_id": instance_id}})
+        agent = RouterAgent(config, nc, emulator_url=emulator.url, clock=clock or FakeClock())
+        await agent.start()
+        started.append(agent)
+        return agent
+
+    try:
+        yield start
+    finally:
+        for agent in started:
+            await agent.stop()
+            await agent.nc.close()
+
+
+@pytest.fixture
+async def operator(nats_url) -> AsyncIterator[nats.NATS]:
+    nc = await nats.connect(nats_url, name="operator")
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+
 class Client:
     """Another agent on the bus: sends signals the way any other agent would."""
 
@@ -168,7 +203,7 @@ class Client:
         return sig.LlmRequest(
             request_id=fields.pop("request_id", f"req-{next(self._ids)}"),
             agent_id=agent_id,
-            messages=[sig.ChatMessage(role="user", content=content)],
+            messages=fields.pop("messages", None) or [sig.ChatMessage(role="user", content=content)],
             **fields,
         )
 

@@ -16,10 +16,10 @@ starter whose agents are stopped at the end of the test):
     async def test_x(fast):
         f = await fast.start({"router": {"shutdown_grace_s": 0}})
 
-Configured providers are emulated (mode ``always``) and so are called through the
-``openai`` adapter: the mock. Runtime providers registered with ``register()`` go through
-the real ``provider_register`` path (endpoint policy, DNS of a literal address, the mock's
-probe) and use the mock too, unless another adapter is given for their ``api``.
+Configured providers are emulated (mode ``always``) and so are called through their own
+API's adapter: the mock stands in for every one. Runtime providers registered with
+``register()`` go through the real ``provider_register`` path (endpoint policy, DNS of a
+literal address, the mock's probe) and use the mock too, unless other adapters are given.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import pytest
 
 import signals as sig
 from router_agent.agent import RouterAgent
+from router_agent.providers import ADAPTERS
 from router_agent.providers.base import Adapter
 from router_agent.providers.mock import MockAdapter
 from tests.conftest import Client, Collector, deep_merge
@@ -155,7 +156,7 @@ async def start_fast_agent(
     agent_nc = bus.connect("router-agent-fast")
     client_nc = bus.connect("fast-client")
     agent_kwargs.setdefault("emulator_url", MOCK_URL)
-    agent = RouterAgent(config, agent_nc, adapters=adapters if adapters is not None else {"openai": mock},
+    agent = RouterAgent(config, agent_nc, adapters=adapters if adapters is not None else dict.fromkeys(ADAPTERS, mock),
                         **agent_kwargs)
     await agent.start()
     return FastAgent(agent, bus, client_nc, mock)

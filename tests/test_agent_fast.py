@@ -19,6 +19,7 @@ import pytest
 
 import signals as sig
 from router_agent.agent import RouterAgent
+from router_agent.providers import ADAPTERS
 from router_agent.providers.base import ProviderError
 from router_agent.providers.mock import MockAdapter
 from router_agent.routes import Route, callback
@@ -419,7 +420,7 @@ class BuggyAdapter:
 
 async def buggy_agent(fast, exc: Exception) -> FastAgent:
     mock = MockAdapter()
-    return await fast.start(mock=mock, adapters={"openai": BuggyAdapter(mock, {"gpt-4-turbo-preview"}, exc)})
+    return await fast.start(mock=mock, adapters=dict.fromkeys(ADAPTERS, BuggyAdapter(mock, {"gpt-4-turbo-preview"}, exc)))
 
 
 async def test_an_unexpected_adapter_exception_is_answered_internal_and_the_agent_goes_on(fast):

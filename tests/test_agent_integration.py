@@ -101,13 +101,16 @@ async def test_privacy_high_never_reaches_a_cloud_model(agent, client, subjects)
         assert decision.fallbacks == []
 
 
-async def test_round_robin_spreads_requests_over_the_agents_preferences(agent, client):
+async def test_the_agents_primary_leads_and_a_chosen_strategy_spreads_over_its_preferences(agents, client):
+    await agents.start({"agents": {"qa_agent": {"strategy": "round_robin"}}})
+    firsts = {(await client.ask(client.new_request(agent_id="frontend_agent"))).model for _ in range(4)}
+    assert firsts == {"gpt-4-turbo"}  # no rule matched, no strategy chosen for it: its primary
     models = set()
-    for _ in range(6):
-        response = await client.ask(client.new_request(agent_id="frontend_agent"))
+    for _ in range(4):
+        response = await client.ask(client.new_request(agent_id="qa_agent"))
         assert response.status == "ok"
         models.add(response.model)
-    assert models == {"gpt-4-turbo", "claude-3-opus", "llama-3-70b"}
+    assert models == {"llama-3-70b", "gpt-4-turbo"}  # round robin chosen for the agent: it rotates
 
 
 async def test_unknown_model_gets_a_typed_no_candidates_error(agent, client):
@@ -251,7 +254,7 @@ async def test_failover_to_the_next_candidate_when_a_provider_fails(agent, clien
     failed_over = [r for r in responses if len(r.attempts) == 2]
     assert len(failed_over) == 1  # round robin put flaky first exactly once
     first, second = failed_over[0].attempts
-    assert (first.provider, first.outcome, first.error.code) == ("flaky", "error", "provider_error")
+    assert (first.provider, first.outcome, first.error.code) == ("flaky", "error", "server_error")
     assert (second.provider, second.outcome) == ("steady", "ok")
 
 
@@ -357,7 +360,7 @@ async def test_state_snapshot_validates_against_the_schema(agent, client):
     }
     assert snapshot["metrics"]["total_requests"] == 1
     assert snapshot["model_capabilities"]["claude-3-opus"] == sorted(
-        ["code_generation", "architecture_design", "complex_reasoning"]
+        ["code_generation", "architecture_design", "complex_reasoning", "tool_calling", "vision", "structured_output"]
     )
 
 

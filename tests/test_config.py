@@ -75,7 +75,8 @@ def test_production_overlay_changes_values() -> None:
     assert (base.emulation.mode, production.emulation.mode) == ("auto", "never")
     assert (base.logging.level, production.logging.level) == ("INFO", "WARNING")
     assert production.router.cost_report_interval_s == 60
-    assert production.routing.global_overrides["max_cloud_spend_per_day"] == 500.0
+    assert production.routing.global_overrides.max_cloud_spend_per_day == 500.0
+    assert production.policy.max_cloud_spend_per_day == 500.0 and production.policy.require_local_for_pii
     # Deep merge: what the overlay does not mention survives.
     assert production.router.max_payload_bytes == base.router.max_payload_bytes
     assert production.security.endpoints.denied_networks == base.security.endpoints.denied_networks
@@ -85,10 +86,10 @@ def test_production_overlay_changes_values() -> None:
 def test_development_overlay_does_not_leak_production_values() -> None:
     development = load_config(environment="development")
     assert development.emulation.mode == "auto"
-    assert development.routing.global_overrides == {
-        "force_local_models": False,
-        "verbose_routing_logs": True,
-    }
+    overrides = development.routing.global_overrides
+    assert (overrides.force_local_models, overrides.verbose_routing_logs) == (False, True)
+    assert (overrides.max_cloud_spend_per_day, overrides.require_local_for_pii) == (None, False)
+    assert development.policy.verbose and not development.policy.require_local_for_pii
 
 
 def test_router_env_selects_the_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +127,7 @@ def test_overlay_file_deep_merges(config_dir: Path, tmp_path: Path) -> None:
     overlay.write_text(
         "router: {max_attempts: 5}\n"
         "models: {llama-3-70b: {context_window: 4096}}\n"
-        "routing: {global_overrides: {site: eu}}\n",
+        "routing: {global_overrides: {force_local_models: true}}\n",
         encoding="utf-8",
     )
     config = load_config(config_dir, environment="production", overlays=[overlay])
@@ -135,11 +136,10 @@ def test_overlay_file_deep_merges(config_dir: Path, tmp_path: Path) -> None:
     assert config.router.queue_group == "router"  # from router.yaml
     llama = config.models["llama-3-70b"]
     assert (llama.context_window, llama.endpoint) == (4096, "http://localhost:8080/v1")
-    assert config.routing.global_overrides == {
-        "max_cloud_spend_per_day": 500.0,
-        "require_local_for_pii": True,
-        "site": "eu",
-    }
+    overrides = config.routing.global_overrides
+    assert (overrides.max_cloud_spend_per_day, overrides.require_local_for_pii, overrides.force_local_models) == (
+        500.0, True, True)
+    assert config.policy.force_local
 
 
 def test_later_overlay_wins(config_dir: Path, tmp_path: Path) -> None:
@@ -167,12 +167,47 @@ def test_bad_value_names_file_and_key_path(config_dir: Path) -> None:
     assert "greater than or equal to 1" in message
 
 
-def test_a_default_strategy_the_engine_lacks_is_refused_not_ignored(config_dir: Path) -> None:
-    # cost_optimized is described in routing.yaml, but the engine cannot apply it yet.
-    edit(config_dir / "routing.yaml", lambda d: d["routing"].update(default_strategy="cost_optimized"))
+def test_a_strategy_the_engine_lacks_is_refused_not_ignored(config_dir: Path) -> None:
+    edit(config_dir / "routing.yaml", lambda d: d["routing"].update(default_strategy="fastest_please"))
     message = load_error(config_dir)
-    assert f"{config_dir / 'routing.yaml'}: routing:" in message
-    assert "'cost_optimized' is not implemented by the routing engine yet" in message
+    assert f"{config_dir / 'routing.yaml'}: routing.default_strategy: unknown strategy 'fastest_please'" in message
+
+
+def test_every_named_strategy_may_be_the_default(config_dir: Path) -> None:
+    for name in ("cost_optimized", "performance_optimized", "privacy_first", "balanced", "adaptive", "hybrid"):
+        edit(config_dir / "routing.yaml", lambda d, n=name: d["routing"].update(default_strategy=n))
+        assert load_config(config_dir).policy.default_strategy == name
+
+
+def test_a_rule_with_an_unknown_name_names_the_file_and_the_rule(config_dir: Path) -> None:
+    edit(config_dir / "agents.yaml",
+         lambda d: d["agents"]["qa_agent"]["routing_rules"].append({"condition": "task.colour == 'red'", "model": "llama-3-70b"}))
+    message = load_error(config_dir)
+    assert f"{config_dir / 'agents.yaml'}: agents.qa_agent.routing_rules[2].condition:" in message
+    assert "unknown name 'task.colour'" in message and "task.colour == 'red'" in message
+
+
+def test_a_rule_syntax_error_names_the_file_and_the_rule(config_dir: Path) -> None:
+    edit(config_dir / "routing.yaml",
+         lambda d: d["routing"]["global_rules"][0].update(condition="model.rate_limit_approaching and"))
+    message = load_error(config_dir)
+    assert f"{config_dir / 'routing.yaml'}: routing.global_rules[0].condition:" in message
+
+
+def test_an_unknown_global_action_or_strategy_rule_is_refused(config_dir: Path) -> None:
+    def change(d: dict) -> None:
+        d["routing"]["global_rules"][1]["action"] = "panic"
+        d["routing"]["strategies"]["balanced"]["rules"].append({"teleport": True})
+    edit(config_dir / "routing.yaml", change)
+    message = load_error(config_dir)
+    assert "routing.global_rules[1].action: unknown action 'panic'" in message
+    assert "routing.strategies.balanced.rules[3]: unknown strategy rule 'teleport'" in message
+
+
+def test_an_unknown_global_override_is_refused(config_dir: Path) -> None:
+    edit(config_dir / "routing.yaml", lambda d: d["routing"]["global_overrides"].update(site="eu"))
+    message = load_error(config_dir)
+    assert "routing.global_overrides.site: unknown key" in message
 
 
 def test_unknown_key(config_dir: Path) -> None:

@@ -58,7 +58,7 @@ def test_the_agent_docstring_table_shows_every_route():
 
     rows = [line for line in (agent_module.__doc__ or "").splitlines() if line.startswith("| ")]
     routes = RouterAgent(load_config(), nc=None).routes()
-    assert len(routes) == 4
+    assert len(routes) == 5
     for route in routes:
         row = next((r for r in rows if r.startswith(f"| {route.signal} ")), None)
         assert row is not None, f"no row for {route.signal}"

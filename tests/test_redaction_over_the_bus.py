@@ -29,7 +29,7 @@ async def echoing_upstream():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the bound port
+    port = site._server.sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}/v1"
     await runner.cleanup()
 

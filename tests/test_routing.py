@@ -1,9 +1,11 @@
-"""route() and candidate_models(): hard constraints remove and name themselves, round robin
-orders what is left, and no deployment is ever lost or counted twice."""
+"""The engine's hard constraints and candidate_models(): constraints remove and name
+themselves, round robin orders what is left, and no deployment is lost or counted twice."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -11,8 +13,11 @@ from hypothesis import strategies as st
 
 from router_agent.core.breaker import Breaker
 from router_agent.core.cost import cost_usd, estimate_input_tokens, estimate_output_tokens
+from router_agent.core.engine import Plan, decide
 from router_agent.core.model import Deployment
-from router_agent.core.routing import Decision, ProviderView, candidate_models, route
+from router_agent.core.observed import DeploymentStats
+from router_agent.core.policy import Policy
+from router_agent.core.routing import ProviderView, candidate_models
 from signals import ChatMessage, LlmRequest, Params, Requirements, Task
 
 NOW = 1_000.0
@@ -45,28 +50,35 @@ def views(*deps: Deployment, **overrides: ProviderView) -> dict[str, ProviderVie
     return out
 
 
+def catalog(deps: list[Deployment], providers, stats=None) -> SimpleNamespace:
+    by_model: dict[str, list[Deployment]] = {}
+    for d in deps:
+        by_model.setdefault(d.model, []).append(d)
+    return SimpleNamespace(deployments_by_model=by_model, default_pool=list(by_model), views=providers,
+                           stats=stats or {})
+
+
 def run(
     request: LlmRequest,
     deps: list[Deployment],
     providers=None,
     breakers=None,
     cursor: int = 0,
-) -> Decision:
-    return route(
-        request,
-        deps,
-        providers if providers is not None else views(*deps),
-        breakers or {},
-        NOW,
-        cursor,
+    stats=None,
+) -> Plan:
+    """The engine with the default policy (round robin, no rules): only the constraints act."""
+    return decide(
+        request, policy=Policy(), catalog=catalog(deps, providers if providers is not None else views(*deps), stats),
+        aliases={}, breakers=breakers or {}, overrides=None, daily_cloud_cost=0.0, now=NOW,
+        rng=random.Random(0), cursor=cursor,
     )
 
 
-def keys(decision: Decision) -> list[str]:
-    return [d.key for d in decision.ordered]
+def keys(decision: Plan) -> list[tuple[str, str]]:
+    return [s.dep.key for s in decision.ordered]
 
 
-def assert_removed_by(decision: Decision, removed: Deployment, constraint: str) -> None:
+def assert_removed_by(decision: Plan, removed: Deployment, constraint: str) -> None:
     assert removed.key not in keys(decision)
     hits = [
         r for r in decision.rejected if (r.provider, r.model) == (removed.provider, removed.model)
@@ -138,7 +150,7 @@ def test_high_privacy_never_lets_a_cloud_model_through_whatever_the_order_or_cur
     deps = data.draw(st.permutations(deps))
     d = run(make_request(task=Task(privacy_level="high")), deps, cursor=cursor)
 
-    assert all(x.type == "local" for x in d.ordered)
+    assert all(x.dep.type == "local" for x in d.ordered)
     assert sorted(keys(d)) == sorted(x.key for x in deps if x.type == "local")
     assert sorted((r.provider, r.constraint) for r in d.rejected) == sorted(
         (x.provider, "privacy") for x in deps if x.type != "local"
@@ -206,7 +218,7 @@ def test_cooled_down_circuit_is_kept_and_routing_does_not_touch_the_breaker():
     before = breaker.model_dump()
     d = run(make_request(), [cooled], breakers={cooled.key: breaker})
     assert keys(d) == [cooled.key]
-    assert breaker.model_dump() == before  # route() is pure; the probe is claimed later
+    assert breaker.model_dump() == before  # decide() is pure; the probe is claimed later
 
 
 def test_breakers_are_looked_up_per_deployment_not_per_provider():
@@ -253,9 +265,8 @@ def test_provider_weights_share_first_choices_in_proportion():
 
 def test_max_latency_removes_deployments_observed_slower_and_keeps_unobserved():
     slow, fast, new = dep("slow"), dep("fast"), dep("new")
-    providers = views(slow, fast, new, slow=ProviderView(latency_ms={"m": 900.0}),
-                      fast=ProviderView(latency_ms={"m": 120.0}))
-    d = run(make_request(requirements=Requirements(max_latency_ms=500)), [slow, fast, new], providers)
+    stats = {slow.key: DeploymentStats(latency_ms=900.0), fast.key: DeploymentStats(latency_ms=120.0)}
+    d = run(make_request(requirements=Requirements(max_latency_ms=500)), [slow, fast, new], stats=stats)
     assert_removed_by(d, slow, "max_latency")
     assert "900 ms exceeds 500 ms" in d.rejected[0].detail
     assert sorted(keys(d)) == sorted([fast.key, new.key])
@@ -266,19 +277,15 @@ def test_estimates_follow_the_rotation_and_feed_the_candidates():
     deps = [dep("a", price_in=1.0, price_out=2.0), dep("b", price_in=0.5, price_out=0.25), dep("c")]
     d = run(request, deps, cursor=1)
     est_in, est_out = estimate_input_tokens(request), estimate_output_tokens(request)
-    expected = [cost_usd(est_in, est_out, x.price_in, x.price_out) for x in d.ordered]
-    assert d.estimates == expected
-    cands = d.candidates()
-    assert [(c.provider, c.model) for c in cands] == [("b", "m"), ("c", "m"), ("a", "m")]
-    assert [c.estimated_cost_usd for c in cands] == [round(e, 8) for e in expected]
+    expected = [cost_usd(est_in, est_out, x.dep.price_in, x.dep.price_out) for x in d.ordered]
+    assert [x.estimate for x in d.ordered] == expected
+    assert keys(d) == [("b", "m"), ("c", "m"), ("a", "m")]
 
 
 def test_nothing_left_gives_an_empty_order_and_a_reason():
     deps = [dep("a", enabled=False), dep("b", type="cloud")]
     d = run(make_request(task=Task(privacy_level="high")), deps)
     assert d.ordered == []
-    assert d.estimates == []
-    assert d.candidates() == []
     assert "hard constraints" in d.reason
     assert [r.constraint for r in d.rejected] == ["disabled", "privacy"]
 
@@ -343,7 +350,7 @@ def test_every_deployment_is_either_ordered_or_rejected_exactly_once(case):
     request, deps, providers, breakers, cursor = case
     snapshot = {k: b.model_dump() for k, b in breakers.items()}
 
-    d = route(request, deps, providers, breakers, NOW, cursor)
+    d = run(request, deps, providers, breakers, cursor)
 
     ordered = Counter(keys(d))
     rejected = Counter((r.provider, r.model) for r in d.rejected)
@@ -354,8 +361,7 @@ def test_every_deployment_is_either_ordered_or_rejected_exactly_once(case):
     if survivors:
         shift = cursor % len(survivors)
         assert keys(d) == survivors[shift:] + survivors[:shift]
-    assert len(d.estimates) == len(d.ordered)
-    if not d.ordered:
+    if not d.ordered and deps:
         assert "hard constraints" in d.reason
     assert {k: b.model_dump() for k, b in breakers.items()} == snapshot
 
@@ -368,7 +374,7 @@ ALIASES = {"fast": "gpt-4o-mini", "smart": "claude-sonnet"}
 
 def test_an_explicit_known_model_is_the_only_candidate_even_with_preferences():
     request = make_request(model="llama-local")
-    models, why = candidate_models(request, NAMES, ALIASES, {"coding": "gpt-4o"})
+    models, why = candidate_models(request, NAMES, ALIASES, ["gpt-4o"])
     assert models == ["llama-local"]
     assert "llama-local" in why
 
@@ -386,24 +392,19 @@ def test_an_unknown_model_gives_no_candidates_and_says_so():
 
 
 def test_agent_preferences_are_ordered_deduplicated_and_drop_unknown_names():
-    prefs = {
-        "coding": "claude-sonnet",
-        "chat": "unknown-model",
-        "review": "gpt-4o",
-        "summary": "claude-sonnet",
-    }
+    prefs = ["claude-sonnet", "unknown-model", "gpt-4o", "claude-sonnet"]
     models, why = candidate_models(make_request(), NAMES, ALIASES, prefs)
     assert models == ["claude-sonnet", "gpt-4o"]
     assert "tester" in why and "preferences" in why
 
 
 def test_preferences_naming_only_unknown_models_fall_back_to_all_models():
-    models, why = candidate_models(make_request(), NAMES, ALIASES, {"chat": "gone"})
+    models, why = candidate_models(make_request(), NAMES, ALIASES, ["gone"])
     assert models == NAMES
     assert "all models" in why
 
 
-@pytest.mark.parametrize("prefs", [None, {}], ids=["no-agent", "no-preferences"])
+@pytest.mark.parametrize("prefs", [None, []], ids=["no-agent", "no-preferences"])
 def test_no_preferences_means_all_models_in_their_order(prefs):
     models, why = candidate_models(make_request(), NAMES, ALIASES, prefs)
     assert models == NAMES

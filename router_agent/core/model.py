@@ -11,7 +11,7 @@ with a separator would let provider ``a`` and provider ``a/b`` collide.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DeploymentKey = tuple[str, str]
 """``(provider, model)``."""
@@ -39,8 +39,19 @@ class Deployment:
     context_window: int | None = None
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    tokens_per_second: float | None = None
+    """Expected generation speed (``performance.tokens_per_second``), for the latency prior."""
     enabled: bool = True
+    key: DeploymentKey = field(init=False, repr=False, compare=False)
+    """``(provider, model)``, made once: routing reads it for every candidate of every request."""
+    quality: int = field(init=False, repr=False, compare=False)
+    """0-10, matched against task complexity: cloud 7, local 5, +2 for ``complex_reasoning``,
+    +1 each for ``architecture_design`` and ``general_reasoning``."""
 
-    @property
-    def key(self) -> DeploymentKey:
-        return (self.provider, self.model)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.provider, self.model))
+        strong = sum(_STRONG.get(c, 0) for c in self.capabilities)
+        object.__setattr__(self, "quality", min(10, (7 if self.type == "cloud" else 5) + strong))
+
+
+_STRONG = {"complex_reasoning": 2, "architecture_design": 1, "general_reasoning": 1}

@@ -1,33 +1,30 @@
-"""Candidate selection: hard constraints filter, the strategy orders what is left.
+"""Candidates and hard constraints: which deployments may serve a request at all (pure).
 
-``route()`` is pure: given the request, the deployments that could serve it and the
-provider/breaker view, it returns the ordered candidates (first = chosen, rest = fallbacks)
-and, for every candidate removed, the constraint that removed it. A fallback is always
-one of the ordered candidates, so no fallback can break a hard constraint.
-
-The strategy here is round robin over the healthy candidates, weighted by provider
-``weight`` (equal weights: a plain rotation; weight 0: only ever a fallback). The full
-scoring engine (cost, latency, load, rules) plugs in at the ordering step.
+``candidate_models`` says which model names are in play (forced by an operator, asked for
+by the caller, the agent's preferences, or every model of the default pool).
+``filter_candidates`` removes each deployment that breaks a hard constraint, naming the
+constraint, and builds a ``Scored`` record for each one kept. Hard constraints filter, they
+never weigh: a removed deployment is never a fallback either.
 
 ``requirements.max_latency_ms`` is judged against the latency the router has observed for
-the deployment (an average of its successful attempts). A deployment with no observation
-yet is kept: nothing says it is slow, and the per-attempt timeout still bounds it.
+the deployment (an EWMA of its successful attempts). A deployment with no observation yet
+is kept: nothing says it is slow, and the per-attempt timeout still bounds it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from router_agent.core.breaker import Breaker
-from router_agent.core.cost import cost_usd, estimate_input_tokens, estimate_output_tokens
 from router_agent.core.model import Deployment, DeploymentKey
-from signals import Candidate, LlmRequest, Rejection
+from router_agent.core.observed import WINDOW_S, DeploymentStats
+from router_agent.core.policy import BUILDING_BLOCKS
+from router_agent.core.strategies import CAPACITY, Scored, latency_prior
+from signals import LlmRequest, Rejection
 
-STRATEGIES = ("round_robin",)
-"""Strategies the engine implements; config naming another as default is refused."""
-
-_GOLDEN = 0.6180339887498949  # low-discrepancy step: weighted picks spread evenly over cursors
+STRATEGIES = BUILDING_BLOCKS
+"""Strategies the engine implements (routing.yaml's named strategies are built on them)."""
 
 
 @dataclass(slots=True)
@@ -37,35 +34,19 @@ class ProviderView:
     enabled: bool = True
     health: str = "healthy"
     weight: float = 1.0
-    latency_ms: Mapping[str, float] = field(default_factory=dict)
-    """Observed latency by model name (the registry's live table)."""
-
-
-@dataclass(slots=True)
-class Decision:
-    ordered: list[Deployment]
-    estimates: list[float]
-    rejected: list[Rejection] = field(default_factory=list)
-    reason: str = ""
-    strategy: str = "round_robin"
-
-    def candidates(self) -> list[Candidate]:
-        return [
-            Candidate(provider=d.provider, model=d.model, estimated_cost_usd=round(c, 8))
-            for d, c in zip(self.ordered, self.estimates)
-        ]
 
 
 def candidate_models(
     request: LlmRequest,
     model_names: Collection[str],
     aliases: Mapping[str, str],
-    preferences: Mapping[str, str] | None,
+    preferences: Sequence[str] | None,
     default_pool: Sequence[str] | None = None,
 ) -> tuple[list[str], str]:
     """Which models may serve the request, and why those.
 
     ``model_names`` are every name served (pass a dict or set: membership is tested);
+    ``preferences`` the agent's models in preference order (primary first);
     ``default_pool`` the names a request that says nothing may go to (all of
     ``model_names`` when None). Keeping runtime registrations out of the default pool
     keeps a registration from adding work to every request that did not ask for it.
@@ -76,93 +57,95 @@ def candidate_models(
             return [], f"model {request.model!r} is not known"
         return [name], f"caller asked for model {name!r}"
     if preferences:
-        ordered = list(dict.fromkeys(m for m in preferences.values() if m in model_names))
+        ordered = list(dict.fromkeys(m for m in preferences if m in model_names))
         if ordered:
             return ordered, f"agent {request.agent_id!r} model preferences"
     return list(model_names if default_pool is None else default_pool), "all models"
 
 
-def route(
+@dataclass(slots=True)
+class Limits:
+    """The request's hard limits, computed once per request by the engine."""
+
+    est_in: int
+    est_out: int
+    capabilities: frozenset[str]
+    local_only: tuple[str, str] | None
+    """``(constraint, detail)`` when only local models may serve, else None."""
+    cloud_budget_left: bool = True
+    budget_detail: str = ""
+
+
+def filter_candidates(
     request: LlmRequest,
     deployments: list[Deployment],
+    limits: Limits,
     providers: Mapping[str, ProviderView],
+    stats: Mapping[DeploymentKey, DeploymentStats],
     breakers: Mapping[DeploymentKey, Breaker],
     now: float,
-    cursor: int,
-) -> Decision:
-    """Filter ``deployments`` by the request's hard constraints, then order round robin."""
-    est_in = estimate_input_tokens(request)
-    est_out = estimate_output_tokens(request)
-    task = request.task
+) -> tuple[list[Scored], list[Rejection]]:
     req = request.requirements
-    private = task.privacy_level == "high"
-    needed = req.capabilities
-    kept: list[Deployment] = []
-    weights: list[float] = []
-    estimates: list[float] = []
+    est_in, est_out = limits.est_in, limits.est_out
+    tokens = est_in + est_out
+    needed = limits.capabilities
+    cloud_ban = limits.local_only or (None if limits.cloud_budget_left else ("budget", limits.budget_detail))
+    model_type, max_cost, max_latency = req.model_type, req.max_cost_usd, req.max_latency_ms
+    kept: list[Scored] = []
     rejected: list[Rejection] = []
-
+    reject = rejected.append
+    keep = kept.append
+    get_view, get_stats, get_breaker = providers.get, stats.get, breakers.get
     for dep in deployments:
-        provider = providers.get(dep.provider)
-        constraint, detail = "", ""
-        estimate = cost_usd(est_in, est_out, dep.price_in, dep.price_out)
+        # The common case (a healthy, enabled, closed deployment and a request without
+        # limits) takes the fewest branches: this loop runs for every candidate of every request.
+        provider = get_view(dep.provider)
         if provider is None or not provider.enabled or not dep.enabled:
-            constraint, detail = "disabled", "provider or model is disabled"
-        elif provider.health == "unhealthy":
-            constraint, detail = "unhealthy", "provider reported unhealthy"
-        elif private and dep.type != "local":
-            constraint, detail = "privacy", "privacy_level high allows local models only"
-        elif req.model_type is not None and dep.type != req.model_type:
-            constraint, detail = "model_type", f"requires a {req.model_type} model"
+            reject(Rejection(provider=dep.provider, model=dep.model, constraint="disabled",
+                             detail="provider or model is disabled"))
+            continue
+        if provider.health == "unhealthy":
+            reject(Rejection(provider=dep.provider, model=dep.model, constraint="unhealthy",
+                             detail="provider reported unhealthy"))
+            continue
+        constraint = detail = ""
+        estimate = (est_in * dep.price_in + est_out * dep.price_out) / 1000.0
+        seen = get_stats(dep.key)
+        if cloud_ban is not None and dep.type != "local":
+            constraint, detail = cloud_ban
+        elif model_type is not None and dep.type != model_type:
+            constraint, detail = "model_type", f"requires a {model_type} model"
         elif needed and not dep.capabilities.issuperset(needed):
-            missing = sorted(set(needed) - dep.capabilities)
-            constraint, detail = "capability", f"lacks {', '.join(missing)}"
-        elif dep.context_window is not None and est_in + est_out > dep.context_window:
-            constraint = "context_window"
-            detail = f"needs ~{est_in + est_out} tokens, window is {dep.context_window}"
-        elif req.max_cost_usd is not None and estimate > req.max_cost_usd:
-            constraint = "max_cost"
-            detail = f"estimated ${estimate:.6f} exceeds ${req.max_cost_usd:.6f}"
-        elif req.max_latency_ms is not None and provider.latency_ms.get(dep.model, 0.0) > req.max_latency_ms:
+            constraint, detail = "capability", f"lacks {', '.join(sorted(needed - dep.capabilities))}"
+        elif dep.context_window is not None and tokens > dep.context_window:
+            constraint, detail = "context_window", f"needs ~{tokens} tokens, window is {dep.context_window}"
+        elif max_cost is not None and estimate > max_cost:
+            constraint, detail = "max_cost", f"estimated ${estimate:.6f} exceeds ${max_cost:.6f}"
+        elif (max_latency is not None and seen is not None and seen.latency_ms is not None
+              and seen.latency_ms > max_latency):
             constraint = "max_latency"
-            detail = f"observed {provider.latency_ms[dep.model]:.0f} ms exceeds {req.max_latency_ms} ms"
-        else:
-            breaker = breakers.get(dep.key)
-            if breaker is not None and not breaker.allows(now):
+            detail = f"observed {seen.latency_ms:.0f} ms exceeds {max_latency} ms"
+        health = 0.5 if provider.health == "degraded" else 1.0
+        breaker = get_breaker(dep.key)
+        if not constraint and breaker is not None and breaker.state != "closed":
+            if not breaker.allows(now):
                 constraint, detail = "circuit_open", f"circuit is {breaker.state}"
+            elif breaker.state == "half_open":
+                health = 0.5
+        share = 0.0
+        # A request limit alone cannot be near in a minute not yet begun: skip the call then.
+        if (not constraint and seen is not None and (dep.requests_per_minute or dep.tokens_per_minute)
+                and (dep.tokens_per_minute or now - seen.window_start < WINDOW_S)):
+            share = seen.used_share(now, dep.requests_per_minute, dep.tokens_per_minute, tokens)
+            if share >= 1.0:
+                constraint, detail = "rate_limited", "its per-minute rate limit is used up"
         if constraint:
-            rejected.append(
-                Rejection(provider=dep.provider, model=dep.model, constraint=constraint, detail=detail)
-            )
+            reject(Rejection(provider=dep.provider, model=dep.model, constraint=constraint, detail=detail))
+        elif seen is None:
+            keep(Scored(dep, estimate, provider.weight, latency_prior(dep, est_out), 0.0, 0.0, health, share))
         else:
-            kept.append(dep)
-            weights.append(provider.weight)  # type: ignore[union-attr]  # None was rejected above
-            estimates.append(estimate)
-
-    if not kept:
-        return Decision([], [], rejected, reason="no candidate passed the hard constraints")
-    shift = _first_choice(weights, cursor)
-    order = kept[shift:] + kept[:shift]
-    costs = estimates[shift:] + estimates[:shift]
-    return Decision(order, costs, rejected, reason=f"round robin over {len(kept)} healthy candidates")
-
-
-def _first_choice(weights: list[float], cursor: int) -> int:
-    """Index of the first choice: a rotation when weights are equal, else weighted.
-
-    Weighted picks walk a golden-ratio sequence over the cumulative weights, so over any
-    run of cursors each candidate leads in proportion to its weight, evenly spread.
-    """
-    n = len(weights)
-    if n == 1 or weights.count(weights[0]) == n:  # no generator: this runs for every request
-        return cursor % n
-    total = sum(weights)
-    if total <= 0:
-        return cursor % n
-    point = (cursor * _GOLDEN) % 1.0 * total
-    acc = 0.0
-    for index, weight in enumerate(weights):
-        acc += weight
-        if point < acc:
-            return index
-    return max(range(len(weights)), key=weights.__getitem__)  # rounding at the very top
+            latency = seen.latency_ms
+            keep(Scored(dep, estimate, provider.weight,
+                        latency if latency is not None else latency_prior(dep, est_out),
+                        seen.in_flight / CAPACITY[dep.type], seen.error_rate, health, share))
+    return kept, rejected

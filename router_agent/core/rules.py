@@ -69,7 +69,7 @@ Schema = Mapping[str, "Field | str"]  # dotted name -> Field, or just its type n
 DEFAULT_SCHEMA: Mapping[str, Field] = MappingProxyType({
     "task.type": Field(STR, "kind of work, e.g. 'code_generation', 'test_generation'"),
     "task.complexity": Field(NUMBER, "estimated complexity, 0 (trivial) to 10"),
-    "task.privacy_level": Field(STR, "caller's privacy level: 'low', 'medium' or 'high'"),
+    "task.privacy_level": Field(STR, "caller's privacy level: 'low', 'normal' or 'high'"),
     "task.critical": Field(BOOL, "the caller marked the task critical"),
     "task.involves_ui_design": Field(BOOL, "the task involves user-interface design"),
     "task.requires_reasoning": Field(BOOL, "the task needs multi-step reasoning"),
@@ -79,10 +79,11 @@ DEFAULT_SCHEMA: Mapping[str, Field] = MappingProxyType({
     "model.type": Field(STR, "the candidate's type: 'cloud' or 'local'"),
     "model.capabilities": Field(STRS, "the candidate model's declared capabilities"),
     "model.rate_limit_approaching": Field(BOOL, "the candidate's rate limiter is near its cap"),
-    "cost_limit_reached": Field(BOOL, "today's spend reached the hard budget cap"),
-    "budget_mode": Field(BOOL, "the operator switched the router to budget mode"),
-    "daily_cost": Field(NUMBER, "USD spent today"),
-    "budget": Field(NUMBER, "USD budget per day"),
+    "cost_limit_reached": Field(BOOL, "today's cloud spend reached the daily budget"),
+    "budget_mode": Field(BOOL, "the active strategy is cost_optimized (by config or an operator's override)"),
+    "daily_cost": Field(NUMBER, "USD spent on cloud models today (UTC)"),
+    "budget": Field(NUMBER, "USD of cloud spend per day: the lower of max_cloud_spend_per_day and "
+                    "the active strategy's cloud_budget_per_day; absent when neither is set"),
 })
 
 

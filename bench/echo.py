@@ -1,0 +1,47 @@
+"""``python -m bench.echo --nats URL --subject S``: a bare nats-py request/reply echo.
+
+The floor any agent on NATS pays for one request/reply: the bench's latency scenario
+measures it in the same run as the router, and reports the router's own share as
+``(router - direct) - echo``. It answers every request on ``S`` with a fixed payload the
+size of a small ``llm_response``, from its own process (like the agent), doing no work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import nats
+
+ANSWER = (b'{"specversion":"1.0","type":"llm.router.llm_response","data":{"request_id":"echo",'
+          b'"status":"ok","agent_id":"bench","message":{"role":"assistant","content":"[emulated] echo"},'
+          b'"model":"echo","provider":"echo","usage":{"input_tokens":10,"output_tokens":4}}}')
+
+
+async def serve(url: str, subject: str) -> None:
+    nc = await nats.connect(url, name="bench-echo", pending_size=64 * 1024 * 1024)
+
+    async def echo(msg) -> None:
+        await nc.publish(msg.reply, ANSWER)
+
+    await nc.subscribe(subject, cb=echo, pending_msgs_limit=1_000_000)
+    await nc.flush()
+    print("echo ready:", subject, flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__.split("\n")[0])
+    ap.add_argument("--nats", required=True)
+    ap.add_argument("--subject", default="bench.echo")
+    args = ap.parse_args()
+    try:
+        import uvloop  # the agent runs on uvloop too: the same floor
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    asyncio.run(serve(args.nats, args.subject))
+
+
+if __name__ == "__main__":
+    main()

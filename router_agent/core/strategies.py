@@ -1,0 +1,254 @@
+"""Scoring and ordering of the candidates that passed the hard constraints (pure).
+
+Every candidate gets a ``Scored`` record: the figures a strategy needs, the five
+``routing_factors`` (each 0-1) and their weighted ``score``, and its ``suitability`` (1-5)
+for the request's task type. ``order(base, ...)`` returns them in the base strategy's order
+(``core.policy`` documents each); randomness comes from the ``random.Random`` passed in, so
+the same inputs and seed give the same order.
+
+Figures and priors (documented in docs/routing.md):
+
+- latency: the deployment's observed EWMA, else a prior (cloud 800 ms; local 100 ms plus
+  the expected output at the model's ``tokens_per_second``, else 1,200 ms);
+- capacity: concurrent attempts a deployment takes well (local 4, cloud 64);
+- quality (0-10, matched against task complexity): ``Deployment.quality``.
+
+Speed: the hard-constraint loop builds a ``Scored`` per surviving candidate; the factors,
+the score and the suitability are computed only where they are used (the orders that rank
+by them, and the candidates a plan reports), so a decision over 1,000 models stays cheap.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from router_agent.core.model import Deployment
+from router_agent.core.observed import DeploymentStats
+
+CLOUD_PRIOR_MS, LOCAL_PRIOR_MS, LOCAL_BASE_MS = 800.0, 1200.0, 100.0
+CAPACITY = {"local": 4, "cloud": 64}
+ADAPTIVE_FLOOR = 0.05
+"""An adaptive weight never falls below this share of a healthy one: some traffic keeps
+showing whether a degraded model has recovered."""
+_GOLDEN = 0.6180339887498949  # low-discrepancy step: weighted rotations spread evenly over cursors
+
+
+@dataclass(slots=True)
+class Scored:
+    dep: Deployment
+    estimate: float
+    """Estimated cost of this request on it, USD."""
+    weight: float
+    """Provider weight (0: only ever a fallback in weighted orders)."""
+    latency: float
+    load: float
+    """In-flight attempts relative to capacity."""
+    error_rate: float
+    health: float
+    """1 healthy, 0.5 degraded or half-open."""
+    rate_share: float
+    """Share of its per-minute rate limit used."""
+    score: float = -1.0
+    """The routing_factors score, 0-1; -1 until ``score_all`` has run on it."""
+    suitability: int = 0
+    """1-5; 0 until ``suitability`` has run on it."""
+    factors: tuple[float, ...] = ()
+
+    def adaptive_weight(self, stats: DeploymentStats | None) -> float:
+        """Health weight: error rate and latency against the model's own longer history."""
+        degradation = 1.0
+        if stats is not None and stats.latency_ms and stats.baseline_ms:
+            degradation = min(1.0, stats.baseline_ms / stats.latency_ms)
+        health = (1.0 - self.error_rate) ** 2 * degradation * self.health
+        return self.weight * max(ADAPTIVE_FLOOR, health)
+
+
+def latency_prior(dep: Deployment, est_out: int) -> float:
+    if dep.type == "cloud":
+        return CLOUD_PRIOR_MS
+    if dep.tokens_per_second:
+        return LOCAL_BASE_MS + est_out / dep.tokens_per_second * 1000.0
+    return LOCAL_PRIOR_MS
+
+
+def suitability(dep: Deployment, task_type: str | None, complexity: int, stats: DeploymentStats | None) -> int:
+    """1-5: declared fit for the task type, strength for its complexity, observed outcomes."""
+    if task_type is None:
+        level = 3
+    elif task_type in dep.capabilities:
+        level = 4 + (dep.quality >= complexity)
+    else:
+        level = 2
+    if stats is not None and stats.successes + stats.failures >= 10:
+        if stats.error_rate > 0.25:
+            level -= 1
+        elif stats.error_rate < 0.02 and level < 5 and task_type in dep.capabilities:
+            level += 1
+    return max(1, min(5, level))
+
+
+@dataclass(slots=True)
+class Scale:
+    """What the relative factors compare against: the dearest and the fastest candidate that
+    passed the constraints (not only the ones scored)."""
+
+    top_cost: float
+    fastest: float
+
+    @classmethod
+    def of(cls, cands: list[Scored]) -> Scale:
+        return cls(max(c.estimate for c in cands), min(c.latency for c in cands))
+
+
+def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, sensitivity: float,
+              scale: Scale) -> None:
+    """Fill factors and score. ``sensitivity`` is 0-1 (1: PII or high privacy)."""
+    top_cost, fastest = scale.top_cost, scale.fastest
+    w_complex, w_cost, w_privacy, w_perf, w_avail = weights
+    for c in cands:
+        if c.score >= 0:
+            continue
+        q = c.dep.quality
+        f_complex = max(0.0, 1.0 - 0.2 * max(0, complexity - q) - 0.05 * max(0, q - complexity))
+        f_cost = 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0
+        f_privacy = 1.0 if c.dep.type == "local" else 1.0 - sensitivity
+        f_perf = fastest / c.latency if c.latency > 0 else 1.0
+        f_avail = max(0.0, 1.0 - c.load) * max(0.0, 1.0 - c.rate_share) * c.health
+        c.factors = (f_complex, f_cost, f_privacy, f_perf, f_avail)
+        c.score = (w_complex * f_complex + w_cost * f_cost + w_privacy * f_privacy
+                   + w_perf * f_perf + w_avail * f_avail)
+
+
+def _draw(cands: list[Scored], weights: list[float], point: float) -> list[Scored]:
+    """The candidate at ``point`` (0-1) of the cumulative weights first, the rest by weight."""
+    total = sum(weights)
+    if total <= 0:
+        return cands
+    at = point * total
+    acc, pick = 0.0, len(cands) - 1
+    for i, w in enumerate(weights):
+        acc += w
+        if at < acc:
+            pick = i
+            break
+    rest = sorted((i for i in range(len(cands)) if i != pick), key=lambda i: -weights[i])
+    return [cands[pick]] + [cands[i] for i in rest]
+
+
+def _round_robin(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    n = len(cands)
+    weights = [c.weight for c in cands]
+    if n == 1 or weights.count(weights[0]) == n or sum(weights) <= 0:
+        shift = ctx.cursor % n
+    else:  # weighted: a golden-ratio walk over the cumulative weights
+        point = (ctx.cursor * _GOLDEN) % 1.0 * sum(weights)
+        acc, shift = 0.0, max(range(n), key=weights.__getitem__)
+        for i, w in enumerate(weights):
+            acc += w
+            if point < acc:
+                shift = i
+                break
+    return cands[shift:] + cands[:shift]
+
+
+def _weighted(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    mw = ctx.model_weights
+    weights = [c.weight * (mw.get(c.dep.model, 0.0) if mw else 1.0) for c in cands]
+    if ctx.sticky is not None:  # the same key lands on the same arm while the arms stay the same
+        point = zlib.crc32(ctx.sticky.encode()) / 2**32
+    else:
+        point = ctx.rng.random()
+    return _draw(cands, weights, point)
+
+
+def _least_loaded(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    return sorted(cands, key=lambda c: (c.load, c.estimate))
+
+
+def _cost(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    return sorted(cands, key=lambda c: (c.estimate, c.latency))
+
+
+def _effective_latency(c: Scored) -> float:
+    return c.latency * (1.0 + c.load) / max(c.health, 0.01)
+
+
+def _performance(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    ranked = sorted(cands, key=_effective_latency)
+    if len(ranked) > 2:  # power of two choices: the faster of two random ones leads
+        a, b = ctx.rng.sample(range(len(ranked)), 2)
+        lead = ranked[min(a, b)]
+        ranked.remove(lead)
+        ranked.insert(0, lead)
+    return ranked
+
+
+def _capability(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    wanted = ctx.wanted
+    return sorted(cands, key=lambda c: (-len(wanted & c.dep.capabilities), c.estimate))
+
+
+def _hybrid(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    cw, lw, rw = ctx.hybrid
+    top, fastest = ctx.scale.top_cost, ctx.scale.fastest
+
+    def value(c: Scored) -> float:
+        cost = 1.0 - c.estimate / top if top > 0 else 1.0
+        return cw * cost + lw * fastest / c.latency + rw * (1.0 - c.error_rate) * c.health
+    return sorted(cands, key=value, reverse=True)
+
+
+def _adaptive(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    get = ctx.stats.get
+    weights = [c.adaptive_weight(get(c.dep.key)) for c in cands]
+    return _draw(cands, weights, ctx.rng.random())
+
+
+def _balanced(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
+    ctx.score(cands)
+    if ctx.dynamic:
+        get = ctx.stats.get
+        return sorted(cands, key=lambda c: -c.score * c.adaptive_weight(get(c.dep.key)) / max(c.weight, 1e-9))
+    return sorted(cands, key=lambda c: -c.score)
+
+
+@dataclass(slots=True)
+class OrderContext:
+    rng: random.Random
+    cursor: int
+    stats: dict
+    scale: Scale
+    score: Callable[[list[Scored]], None]
+    """Scores candidates (for the orders that rank by score)."""
+    wanted: frozenset[str] = frozenset()
+    hybrid: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    model_weights: dict | None = None
+    sticky: str | None = None
+    dynamic: bool = False
+
+
+ORDERS: dict[str, Callable[[list[Scored], OrderContext], list[Scored]]] = {
+    "round_robin": _round_robin,
+    "weighted": _weighted,
+    "least_loaded": _least_loaded,
+    "cost_optimized": _cost,
+    "performance_first": _performance,
+    "capability_based": _capability,
+    "hybrid": _hybrid,
+    "adaptive": _adaptive,
+    "balanced": _balanced,
+}
+
+
+def order(base: str, cands: list[Scored], ctx: OrderContext, prefer_type: str | None = None) -> list[Scored]:
+    """``cands`` in the base strategy's order; ``prefer_type`` ranks that type first."""
+    if not cands:
+        return cands
+    ranked = ORDERS[base](cands, ctx)
+    if prefer_type is not None:
+        ranked = [c for c in ranked if c.dep.type == prefer_type] + [c for c in ranked if c.dep.type != prefer_type]
+    return ranked
+

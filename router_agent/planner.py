@@ -1,0 +1,111 @@
+"""Routing decisions: the engine's plan for each request, counted and published.
+
+The request shell asks ``Planner.plan`` for the deployments to try. It runs the pure
+engine (``core.engine.decide``) over the registry's view, today's cloud spend and the
+operators' overrides, counts the decision (``metrics.decisions_by_strategy``,
+``metrics.privacy_activations``), publishes the ``routing_decision`` and, when
+``verbose_routing_logs`` is on, logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from router_agent.config import Config
+from router_agent.core.engine import decide
+from router_agent.core.ledger import CostLedger
+from router_agent.core.model import Deployment
+from router_agent.core.strategies import Scored
+from router_agent.outbox import Outbox
+from router_agent.registry import ProviderRegistry
+from router_agent.state import ActiveRequest, RouterState
+from signals import Candidate, LlmRequest, RoutingDecision
+from signals.types import MAX_REJECTIONS_LISTED
+
+log = logging.getLogger("router_agent")
+
+
+class Planner:
+    def __init__(self, config: Config, state: RouterState, registry: ProviderRegistry, outbox: Outbox,
+                 ledger: CostLedger, clock: Callable[[], float], rng: random.Random | None = None):
+        self.config = config
+        self.settings = config.router
+        self.policy = config.policy
+        self.state = state
+        self.registry = registry
+        self.outbox = outbox
+        self.ledger = ledger
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        """The engine's random source (weighted draws, two random choices); seed it to replay."""
+
+    async def plan(self, request: LlmRequest, traceparent: str | None,
+                   active: ActiveRequest) -> tuple[list[Deployment], str, Deployment | None]:
+        """Plan with the engine and publish the routing_decision; return the deployments to
+        try in order, why there are none (when so), and the verifier the plan asks for.
+
+        Kept apart from the call so the plan's objects are freed before the long wait on
+        the provider."""
+        lb = self.state.load_balancing
+        plan = decide(
+            request, policy=self.policy, catalog=self.registry, aliases=self.config.aliases,
+            breakers=self.state.circuit_breakers, overrides=self.state.routing_overrides,
+            daily_cloud_cost=self.ledger.cloud_spend(utc_day()), now=self.clock(), rng=self.rng,
+            cursor=lb.cursor, limit=self.settings.max_attempts,
+        )
+        lb.cursor += 1
+        ordered = plan.ordered[: self.settings.max_attempts]
+        chosen = ordered[0] if ordered else None
+        active.tokens = plan.tokens
+        metrics = self.state.metrics
+        metrics.decisions_by_strategy[plan.strategy] = metrics.decisions_by_strategy.get(plan.strategy, 0) + 1
+        if plan.privacy_constraint == "privacy":
+            metrics.privacy_activations += 1
+        decision = RoutingDecision(
+            request_id=request.request_id,
+            agent_id=request.agent_id,
+            strategy=plan.strategy,
+            rule=plan.decided_by,
+            reason=plan.reason,
+            confidence=plan.confidence,
+            complexity=plan.complexity,
+            complexity_source=plan.complexity_source,
+            pii_kinds=list(plan.pii),
+            privacy=plan.privacy,
+            chosen=_candidate(chosen) if chosen is not None else None,
+            fallbacks=[_candidate(c) for c in ordered[1:]],
+            verify_with=_candidate(plan.verify_with) if plan.verify_with is not None else None,
+            estimated_cost_usd=round(chosen.estimate, 8) if chosen is not None else 0.0,
+            notes=plan.notes,
+            rejected=plan.rejected[:MAX_REJECTIONS_LISTED],
+            rejected_omitted=max(0, len(plan.rejected) - MAX_REJECTIONS_LISTED),
+            emulated=chosen is not None and self.state.providers[chosen.dep.provider].emulated,
+        )
+        if self.policy.verbose:
+            log.info("routing %s/%s: %s", request.agent_id, request.request_id, _describe(decision))
+        await self.outbox.publish(
+            self.outbox.subjects.routing_decision(request.agent_id), "routing_decision", decision, traceparent
+        )
+        verifier = plan.verify_with.dep if plan.verify_with is not None else None
+        return [c.dep for c in ordered], plan.reason, verifier
+
+
+def _candidate(c: Scored) -> Candidate:
+    dep = c.dep
+    return Candidate(provider=dep.provider, model=dep.model, score=round(c.score, 4),
+                     estimated_cost_usd=round(c.estimate, 8), suitability=c.suitability)
+
+
+def _describe(d: RoutingDecision) -> str:
+    chosen = f"{d.chosen.provider}/{d.chosen.model}" if d.chosen else "nothing"
+    removed = ", ".join(f"{r.model}: {r.constraint}" for r in d.rejected)
+    return (f"{chosen} by {d.rule or '-'} (strategy {d.strategy}, confidence {d.confidence}); {d.reason}"
+            + (f"; removed {removed}" if removed else "") + (f"; {'; '.join(d.notes)}" if d.notes else ""))
+
+
+def utc_day(clock: Callable[[], float] = time.time) -> int:
+    """Days since the epoch, UTC: the key of today's spend (cheaper than a date per request)."""
+    return int(clock() // 86400)
