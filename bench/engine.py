@@ -59,7 +59,8 @@ def registry(n: int, now: float) -> SimpleNamespace:
         views[provider] = ProviderView()
         breakers[dep.key] = Breaker()
     return SimpleNamespace(deployments_by_model=by_model, default_pool=list(by_model), views=views,
-                           stats=stats, breakers=breakers)
+                           stats=stats, breakers=breakers,
+                           pool_deployments=[d for deps in by_model.values() for d in deps])
 
 
 def best_us(fn: Any, number: int, repeat: int) -> float:

@@ -174,6 +174,8 @@ class ProviderRegistry:
         configured providers serve, plus run-time ones only when
         ``security.runtime_models_in_default_pool`` says so. A registration therefore cannot
         add work to every such request."""
+        self.pool_deployments: list[Deployment] = []
+        """The deployments of ``default_pool``, flat: routing reads it for requests that say nothing."""
         self.runtime_local_hosts: set[str] = set()
         """Hosts of runtime providers trusted as local: every connection must stay local."""
         self.views: dict[str, ProviderView] = {}
@@ -371,6 +373,7 @@ class ProviderRegistry:
                 capabilities.setdefault(model_name, set()).update(deployment.capabilities)
         self.deployments_by_model = by_model
         self.default_pool = [m for m in by_model if m in pool]
+        self.pool_deployments = [d for m in self.default_pool for d in by_model[m]]
         self.runtime_local_hosts = local_hosts
         self.views = views
         self.state.model_capabilities = {m: sorted(c) for m, c in capabilities.items()}

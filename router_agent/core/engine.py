@@ -41,7 +41,7 @@ from router_agent.core.model import Deployment, DeploymentKey
 from router_agent.core.observed import APPROACHING, DeploymentStats
 from router_agent.core.pii import detect
 from router_agent.core.policy import AgentPolicy, Policy
-from router_agent.core.routing import Limits, ProviderView, candidate_models, filter_candidates
+from router_agent.core.routing import ALL_MODELS, Limits, ProviderView, candidate_models, filter_candidates
 from router_agent.core.strategies import OrderContext, Scale, Scored, order, score_all, suitability
 from signals import LlmRequest, Rejection
 
@@ -64,6 +64,8 @@ NOT_YET = {
 class Catalog(Protocol):
     deployments_by_model: Mapping[str, Sequence[Deployment]]
     default_pool: Sequence[str]
+    pool_deployments: Sequence[Deployment]
+    """Every deployment of ``default_pool``, flat (optional: built from the names without it)."""
     views: Mapping[str, ProviderView]
     stats: Mapping[DeploymentKey, DeploymentStats]
 
@@ -229,10 +231,14 @@ def decide(
                     names.append(r.model)
                     if r.per_model:
                         tentative.add(r.model)
-    deployments = [d for m in names for d in by_model.get(m, ())]
+    pool = getattr(catalog, "pool_deployments", None)
+    if pool is not None and why == ALL_MODELS and len(names) == len(catalog.default_pool):
+        deployments = pool  # the registry's flat list of the default pool: no per-request rebuild
+    else:
+        deployments = [d for m in names for d in by_model.get(m, ())]
 
     # 4. hard constraints
-    kept, rejected = filter_candidates(request, deployments, limits, catalog.views, catalog.stats, breakers, now)
+    kept, rejected, scale = filter_candidates(request, deployments, limits, catalog.views, catalog.stats, breakers, now)
     base = Plan([], rejected, name, "", "", complexity, complexity_source, tuple(sorted(pii)),
                 local_only[1] if local_only else "", local_only[0] if local_only else "",
                 hedge=spec.hedge, cache=spec.cache,
@@ -241,7 +247,6 @@ def decide(
         base.reason = f"{why}; no candidate passed the hard constraints" if deployments else why
         return base
     sensitivity = 1.0 if pii else SENSITIVITY.get(task.privacy_level or "", 0.3)
-    scale = Scale.of(kept)
     weights = policy.factor_weights
 
     def scorer(cands: list[Scored]) -> None:
@@ -276,6 +281,8 @@ def decide(
         if not kept:
             base.reason = f"{why}; no candidate passed the hard constraints"
             return base
+        fresh = Scale.of(kept)  # the scale of the survivors that stay
+        scale.top_cost, scale.fastest = fresh.top_cost, fresh.fastest
     if not first and lead is not None and primary is None:
         first = [c for c in kept if c.dep.model == lead]
         if first:

@@ -20,11 +20,15 @@ from router_agent.core.breaker import Breaker
 from router_agent.core.model import Deployment, DeploymentKey
 from router_agent.core.observed import WINDOW_S, DeploymentStats
 from router_agent.core.policy import BUILDING_BLOCKS
-from router_agent.core.strategies import CAPACITY, Scored, latency_prior
+from router_agent.core.strategies import CAPACITY, Scale, Scored, latency_prior
 from signals import LlmRequest, Rejection
 
 STRATEGIES = BUILDING_BLOCKS
 """Strategies the engine implements (routing.yaml's named strategies are built on them)."""
+
+
+ALL_MODELS = "all models"
+"""Why a request's candidates are the whole default pool."""
 
 
 @dataclass(slots=True)
@@ -60,7 +64,7 @@ def candidate_models(
         ordered = list(dict.fromkeys(m for m in preferences if m in model_names))
         if ordered:
             return ordered, f"agent {request.agent_id!r} model preferences"
-    return list(model_names if default_pool is None else default_pool), "all models"
+    return list(model_names if default_pool is None else default_pool), ALL_MODELS
 
 
 @dataclass(slots=True)
@@ -84,7 +88,9 @@ def filter_candidates(
     stats: Mapping[DeploymentKey, DeploymentStats],
     breakers: Mapping[DeploymentKey, Breaker],
     now: float,
-) -> tuple[list[Scored], list[Rejection]]:
+) -> tuple[list[Scored], list[Rejection], Scale]:
+    """The survivors (in input order), the removed with their constraint, and the scale the
+    relative factors use (the dearest estimate and the fastest latency among survivors)."""
     req = request.requirements
     est_in, est_out = limits.est_in, limits.est_out
     tokens = est_in + est_out
@@ -95,6 +101,7 @@ def filter_candidates(
     rejected: list[Rejection] = []
     reject = rejected.append
     keep = kept.append
+    top_cost, fastest = 0.0, float("inf")
     get_view, get_stats, get_breaker = providers.get, stats.get, breakers.get
     for dep in deployments:
         # The common case (a healthy, enabled, closed deployment and a request without
@@ -133,19 +140,29 @@ def filter_candidates(
             elif breaker.state == "half_open":
                 health = 0.5
         share = 0.0
-        # A request limit alone cannot be near in a minute not yet begun: skip the call then.
-        if (not constraint and seen is not None and (dep.requests_per_minute or dep.tokens_per_minute)
-                and (dep.tokens_per_minute or now - seen.window_start < WINDOW_S)):
-            share = seen.used_share(now, dep.requests_per_minute, dep.tokens_per_minute, tokens)
-            if share >= 1.0:
-                constraint, detail = "rate_limited", "its per-minute rate limit is used up"
+        if seen is not None and not constraint:
+            rpm, tpm = dep.requests_per_minute, dep.tokens_per_minute
+            if rpm or tpm:  # observed.DeploymentStats.used_share, inlined: it runs per candidate
+                if now - seen.window_start < WINDOW_S:
+                    share = seen.window_requests / rpm if rpm else 0.0
+                    if tpm and (seen.window_tokens + tokens) / tpm > share:
+                        share = (seen.window_tokens + tokens) / tpm
+                elif tpm:
+                    share = tokens / tpm
+                if share >= 1.0:
+                    constraint, detail = "rate_limited", "its per-minute rate limit is used up"
         if constraint:
             reject(Rejection(provider=dep.provider, model=dep.model, constraint=constraint, detail=detail))
-        elif seen is None:
-            keep(Scored(dep, estimate, provider.weight, latency_prior(dep, est_out), 0.0, 0.0, health, share))
+            continue
+        if seen is None:
+            latency, load, errors = latency_prior(dep, est_out), 0.0, 0.0
         else:
-            latency = seen.latency_ms
-            keep(Scored(dep, estimate, provider.weight,
-                        latency if latency is not None else latency_prior(dep, est_out),
-                        seen.in_flight / CAPACITY[dep.type], seen.error_rate, health, share))
-    return kept, rejected
+            latency, load, errors = seen.latency_ms, seen.in_flight / CAPACITY[dep.type], seen.error_rate
+            if latency is None:
+                latency = latency_prior(dep, est_out)
+        if estimate > top_cost:
+            top_cost = estimate
+        if latency < fastest:
+            fastest = latency
+        keep(Scored(dep, estimate, provider.weight, latency, load, errors, health, share))
+    return kept, rejected, Scale(top_cost, fastest)

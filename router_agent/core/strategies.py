@@ -108,15 +108,19 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
     """Fill factors and score. ``sensitivity`` is 0-1 (1: PII or high privacy)."""
     top_cost, fastest = scale.top_cost, scale.fastest
     w_complex, w_cost, w_privacy, w_perf, w_avail = weights
+    cloud_privacy = 1.0 - sensitivity
     for c in cands:
         if c.score >= 0:
             continue
-        q = c.dep.quality
-        f_complex = max(0.0, 1.0 - 0.2 * max(0, complexity - q) - 0.05 * max(0, q - complexity))
+        dep = c.dep
+        gap = complexity - dep.quality  # a weaker model loses 0.2 a point, a stronger 0.05
+        f_complex = 1.0 - 0.2 * gap if gap > 0 else 1.0 + 0.05 * gap
+        if f_complex < 0.0:
+            f_complex = 0.0
         f_cost = 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0
-        f_privacy = 1.0 if c.dep.type == "local" else 1.0 - sensitivity
+        f_privacy = 1.0 if dep.type == "local" else cloud_privacy
         f_perf = fastest / c.latency if c.latency > 0 else 1.0
-        f_avail = max(0.0, 1.0 - c.load) * max(0.0, 1.0 - c.rate_share) * c.health
+        f_avail = (1.0 - c.load if c.load < 1.0 else 0.0) * (1.0 - c.rate_share if c.rate_share < 1.0 else 0.0) * c.health
         c.factors = (f_complex, f_cost, f_privacy, f_perf, f_avail)
         c.score = (w_complex * f_complex + w_cost * f_cost + w_privacy * f_privacy
                    + w_perf * f_perf + w_avail * f_avail)
