@@ -18,7 +18,7 @@ The surface, in one place (``RouterAgent.routes``):
 
 | subject             | input            | handler              | bad input answered by | publishes |
 |---------------------|------------------|----------------------|-----------------------|-----------|
-| llm_request (queue) | LlmRequest       | requests.on_request  | llm_response error    | routing_decision.<agent>, llm_response.<agent> (+ reply) |
+| llm_request (queue) | LlmRequest       | requests.on_request  | llm_response error    | routing_decision.<agent>, llm_response.<agent> (+ reply), llm_chunk (reply, else llm_chunk.<agent>) when streamed |
 | provider_register   | ProviderRegister | control.on_register  | provider_registered   | provider_registered.<provider> (+ reply) |
 | provider_update     | ProviderUpdate   | control.on_update    | provider_registered   | provider_registered.<provider> (+ reply) |
 | provider_health     | ProviderHealth   | control.on_health    | router_error          | router_error on bad input |
@@ -133,7 +133,8 @@ class RouterAgent:
         s, r, c = self.subjects, self.requests, self.control
         return [
             Route(s.llm_request, "llm_request", r.on_request, r.reject,
-                  "routing_decision.<agent>, llm_response.<agent> (+ reply)", queue=self.settings.queue_group),
+                  "routing_decision.<agent>, llm_response.<agent> (+ reply), "
+                  "llm_chunk (reply, else llm_chunk.<agent>) when streamed", queue=self.settings.queue_group),
             Route(s.provider_register, "provider_register", c.on_register, c.reject_register,
                   "provider_registered.<provider> (+ reply)"),
             Route(s.provider_update, "provider_update", c.on_update, c.reject_update,

@@ -70,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--complexity", type=int, default=None)
     request.add_argument("--privacy", choices=["low", "normal", "high"], default=None)
     request.add_argument("--capability", action="append", default=[], help="required capability (repeatable)")
-    request.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
-    request.add_argument("--json", action="store_true", help="print the raw signals as JSON")
+    request.add_argument("--timeout", type=float, default=30.0,
+                         help="seconds to wait for the answer (with --stream: for each next piece of it)")
+    request.add_argument("--stream", action="store_true",
+                         help="stream the answer: print it as it arrives (llm_chunk signals), then the summary")
+    request.add_argument("--json", action="store_true", help="print the raw signals as JSON (one line each)")
 
     register = sub.add_parser("register", help="register a provider at run time")
     bus(register)
@@ -185,6 +188,8 @@ def _request(args: argparse.Namespace) -> int:
     else:
         print("router-agent: give a prompt or --file", file=sys.stderr)
         return 2
+    if args.stream:
+        request = msgspec.structs.replace(request, stream=True)
     return asyncio.run(_request_async(args, request))
 
 
@@ -200,22 +205,24 @@ async def _request_async(args: argparse.Namespace, request: sig.LlmRequest) -> i
 
     await nc.subscribe(subjects.routing_decision(request.agent_id), cb=on_decision)
     await sync_subscriptions(nc)
+    payload = sig.encode_event("llm_request", request, source="router-agent-cli")
+    shown = False
     try:
-        reply = await nc.request(
-            subjects.llm_request, sig.encode_event("llm_request", request, source="router-agent-cli"),
-            timeout=args.timeout,
-        )
+        if request.stream:
+            response, shown = await _stream(nc, subjects, payload, decisions, args)
+        else:
+            reply = await nc.request(subjects.llm_request, payload, timeout=args.timeout)
+            response = sig.decode_data(reply.data, "llm_response")
     except TimeoutError:
         print(f"router-agent: no answer within {args.timeout}s (is a router running?)", file=sys.stderr)
         await nc.close()
         return 2
-    except (nats.errors.Error, OSError) as exc:  # NoRespondersError and friends
+    except (nats.errors.Error, OSError, _NoResponders) as exc:  # NoRespondersError and friends
         print(f"router-agent: request failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         await nc.close()
         return 2
-    response: sig.LlmResponse = sig.decode_data(reply.data, "llm_response")
     try:
-        decision = await asyncio.wait_for(decisions.get(), 1.0)
+        decision = None if shown else await asyncio.wait_for(decisions.get(), 1.0)
     except TimeoutError:
         decision = None
     await nc.close()
@@ -224,23 +231,94 @@ async def _request_async(args: argparse.Namespace, request: sig.LlmRequest) -> i
             print(json.dumps({"routing_decision": msgspec.to_builtins(decision)}))
         print(json.dumps({"llm_response": msgspec.to_builtins(response)}))
     else:
-        _print_human(decision, response)
+        _print_human(decision, response, content=not request.stream)
     return 0 if response.status == "ok" else 1
 
 
-def _print_human(decision: sig.RoutingDecision | None, response: sig.LlmResponse) -> None:
+class _NoResponders(Exception):
+    pass
+
+
+async def _stream(nc: Any, subjects: sig.Subjects, payload: bytes, decisions: asyncio.Queue[sig.RoutingDecision],
+                  args: argparse.Namespace) -> tuple[sig.LlmResponse, bool]:
+    """Publish a streamed request with our own reply inbox; print each ``llm_chunk`` as it
+    arrives (after the decision, when it is there by then); return the terminal
+    ``llm_response`` and whether the decision was printed. ``args.timeout`` bounds each wait."""
+    pieces: asyncio.Queue[Any] = asyncio.Queue()
+    inbox = nc.new_inbox()
+    await nc.subscribe(inbox, cb=pieces.put)
+    await nc.publish(subjects.llm_request, payload, reply=inbox)
+    expected, shown = 0, False
+    while True:
+        msg = await asyncio.wait_for(pieces.get(), args.timeout)
+        if msg.headers and msg.headers.get("Status") == "503":  # what nc.request() turns into NoRespondersError
+            raise _NoResponders("nats: no responders available for request")
+        if _msg_type(msg.data) == sig.event_type("llm_response"):
+            if not args.json and expected:
+                print(flush=True)  # end the streamed text's line
+            return sig.decode_data(msg.data, "llm_response"), shown
+        chunk: sig.LlmChunk = sig.decode_data(msg.data, "llm_chunk")
+        if chunk.seq != expected:
+            print(f"router-agent: chunk(s) {expected}..{chunk.seq - 1} missing", file=sys.stderr)
+        expected = chunk.seq + 1
+        if args.json:
+            print(json.dumps({"llm_chunk": msgspec.to_builtins(chunk)}), flush=True)
+            continue
+        if chunk.seq == 0 and not decisions.empty():
+            _print_human(decisions.get_nowait(), None)
+            shown = True
+        parts = [chunk.content]
+        for fragment in chunk.tool_calls:
+            parts.append(f"\n[tool call {fragment.name}] " if fragment.name else "")
+            parts.append(fragment.arguments)
+        sys.stdout.write("".join(parts))
+        sys.stdout.flush()
+
+
+class _EventType(msgspec.Struct):
+    type: str = ""
+
+
+def _msg_type(payload: bytes) -> str:
+    """A CloudEvent's ``type``, without decoding its data ("" when it has none)."""
+    try:
+        return msgspec.json.decode(payload, type=_EventType).type
+    except msgspec.DecodeError:
+        return ""
+
+
+def _print_human(decision: sig.RoutingDecision | None, response: sig.LlmResponse | None,
+                 content: bool = True) -> None:
     if decision is not None:
         chosen = f"{decision.chosen.provider}/{decision.chosen.model}" if decision.chosen else "none"
         fallbacks = ", ".join(f"{c.provider}/{c.model}" for c in decision.fallbacks) or "none"
         print(f"decision: {chosen}{' (EMULATED)' if decision.emulated else ''} - {decision.reason}")
+        if decision.chosen:
+            print(f"  score {decision.chosen.score:.3f}, suitability {decision.chosen.suitability}/5, "
+                  f"confidence {decision.confidence:.2f}, complexity {decision.complexity} ({decision.complexity_source})")
+        if decision.pii_kinds or decision.privacy:
+            print(f"  privacy: {decision.privacy or 'none'}; personal data found: {', '.join(decision.pii_kinds) or 'none'}")
         print(f"  fallbacks: {fallbacks}")
+        for note in decision.notes:
+            print(f"  note: {note}")
         for r in decision.rejected:
             print(f"  rejected {r.provider}/{r.model}: {r.constraint} ({r.detail})")
+    if response is None:
+        return
+    streamed = response.streamed
+    if streamed is not None:
+        first = f", the first after {streamed.first_chunk_ms:.1f} ms" if streamed.chunks else ""
+        print(f"streamed: {streamed.chunks} chunk(s), {streamed.chars} character(s){first}")
+    for warning in response.warnings:
+        print(f"warning: {warning}")
     if response.status == "ok":
         tag = " (EMULATED)" if response.emulated else ""
+        estimated = " (estimated)" if response.usage.estimated else ""
         print(f"response: {response.provider}/{response.model}{tag} in {response.latency_ms:.1f} ms, "
-              f"{response.usage.input_tokens}+{response.usage.output_tokens} tokens, ${response.cost_usd:.6f}")
-        print(response.message.content if response.message else "")
+              f"{response.usage.input_tokens}+{response.usage.output_tokens} tokens{estimated}, "
+              f"${response.cost_usd:.6f}")
+        if content or streamed is None or not streamed.chunks:  # not printed as it streamed
+            print(response.message.content if response.message else "")
     else:
         assert response.error is not None
         print(f"error: {response.error.code}: {response.error.message} (retryable: {response.error.retryable})")

@@ -11,17 +11,30 @@ same caller, and anything else is reported on ``router_error`` (and logged, and 
 | answer()       | the reply subject (if any) and ``llm_response.<agent>``   |
 | ack()          | the reply subject (if any) and ``provider_registered.<provider>`` |
 | router_error() | the reply subject, else ``router_error``                  |
-| publish()      | one subject (decisions, metrics, cost reports)            |
+| publish()      | one subject (decisions, metrics, cost reports, and a streamed request's ``llm_chunk``: to its reply subject, else ``llm_chunk.<agent>``) |
+
+``invalid_request_answer`` builds the error answer to an ``llm_request`` that did not decode.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import msgspec
 import nats.errors
 
+from router_agent.routes import addressable_id
 from router_agent.state import Metrics
-from signals import ErrorInfo, EventFactory, LlmResponse, ProviderRegistered, RouterError, Subjects
+from signals import (
+    ErrorInfo,
+    EventFactory,
+    LlmResponse,
+    ProviderRegistered,
+    RouterError,
+    SignalError,
+    Subjects,
+)
 
 log = logging.getLogger("router_agent")
 
@@ -97,3 +110,37 @@ class Outbox:
             await self.nc.publish(subject, payload, headers=headers)
         except (nats.errors.Error, OSError) as exc:
             log.warning("publish to %s failed: %s", subject, type(exc).__name__)
+
+
+def invalid_request_answer(payload: bytes, exc: SignalError) -> LlmResponse:
+    """The error answer to an ``llm_request`` that could not be accepted, addressed with
+    whatever ids can still be read from it."""
+    partial = _partial(payload) if exc.code != "payload_too_large" else _Partial()
+    return LlmResponse(
+        request_id=addressable_id(partial.request_id),
+        agent_id=addressable_id(partial.agent_id),
+        status="error",
+        error=ErrorInfo(code=exc.code, message=exc.message, field=exc.field),
+    )
+
+
+class _Partial(msgspec.Struct):
+    """What can still be read from an invalid request, to address the error answer."""
+
+    request_id: Any = None
+    agent_id: Any = None
+
+
+class _PartialEvent(msgspec.Struct):
+    data: _Partial | None = None
+
+
+def _partial(payload: bytes) -> _Partial:
+    """Never raises: the input was already refused and must still be answered. Besides its
+    own errors, msgspec raises RecursionError on deep nesting (also when it only skips a
+    field) and UnicodeDecodeError on a string that is not UTF-8 (``signals.envelope``)."""
+    try:
+        event = msgspec.json.decode(payload, type=_PartialEvent)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return _Partial()
+    return event.data or _Partial()

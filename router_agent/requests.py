@@ -21,6 +21,9 @@ answered) and ends in exactly one answer, because:
 - ``RequestLifecycle.process_answer`` raises on a second answer, so a bug that tried to
   answer twice is loud, and the metrics are counted in the one place that answers.
 
+Streaming (``stream: true``) takes the same chain, breakers, accounting and deadline; each
+attempt streams through a ``StreamRelay`` (``streaming.py``, which says what differs).
+
 Shutdown: requests already buffered when the agent begins to stop are still served while
 the grace period lasts; only after it are they answered ``shutting_down``.
 """
@@ -42,12 +45,12 @@ from router_agent.core.ledger import CostLedger
 from router_agent.core.lifecycle import RequestLifecycle
 from router_agent.core.model import Deployment
 from router_agent.core.redact import redact
-from router_agent.outbox import Outbox
+from router_agent.outbox import Outbox, invalid_request_answer
 from router_agent.planner import Planner, utc_day
-from router_agent.providers.base import ProviderError
+from router_agent.providers.base import ProviderError, estimated_usage
 from router_agent.registry import ProviderRegistry
-from router_agent.routes import addressable_id
 from router_agent.state import ActiveRequest, RouterState
+from router_agent.streaming import VERIFIED_NOT_STREAMED, StreamRelay, cut_answer
 from router_agent.telemetry import Tracing
 from signals import (
     AssistantMessage,
@@ -69,10 +72,6 @@ VERIFY_PROMPT = (
     "Otherwise reply with the corrected answer only."
 )
 """What the verifier of a quality_assurance rule is asked (with the conversation and the draft)."""
-
-STREAM_NOT_SUPPORTED = (
-    "stream: true is not supported yet; the answer comes as one final llm_response"
-)
 
 
 class RequestShell:
@@ -137,14 +136,7 @@ class RequestShell:
 
     async def reject(self, msg: Any, exc: SignalError) -> None:
         """Bad llm_request input: a typed error answer to whoever can be addressed."""
-        partial = _partial(msg.data) if exc.code != "payload_too_large" else _Partial()
-        response = LlmResponse(
-            request_id=addressable_id(partial.request_id),
-            agent_id=addressable_id(partial.agent_id),
-            status="error",
-            error=ErrorInfo(code=exc.code, message=exc.message, field=exc.field),
-        )
-        await self.outbox.answer(response, msg.reply, None)
+        await self.outbox.answer(invalid_request_answer(msg.data, exc), msg.reply, None)
 
     # ------------------------------------------------------------------ one request
 
@@ -164,11 +156,16 @@ class RequestShell:
             "llm_request", traceparent, {"router.agent_id": request.agent_id, "router.request_id": request.request_id}
         )
         response: LlmResponse | None = None
+        relay = StreamRelay.for_request(self.outbox, request, reply, self.settings.stream_coalesce_ms,
+                                        self.clock) if request.stream else None
         try:
-            response = await self._route_and_call(request, traceparent, started, active, attempts, life)
+            response = await self._route_and_call(request, traceparent, started, active, attempts, life, relay)
         except asyncio.CancelledError:
             response = _error(request, "shutting_down", "router stopped before the provider answered", True, attempts)
-            await self._finish(request, response, reply, traceparent, life)
+            if relay is not None and relay.committed:
+                await relay.drain()
+                response = self._cut(request, relay, attempts, stopped=True)
+            await self._finish(request, response, reply, traceparent, life, relay)
             raise
         except Exception:
             log.exception("request %s failed unexpectedly", request.request_id)
@@ -184,13 +181,13 @@ class RequestShell:
                     "router.model": active.model,
                     "router.attempts": len(attempts),
                 })
-        await self._finish(request, response, reply, traceparent, life)
+        await self._finish(request, response, reply, traceparent, life, relay)
 
     async def _finish(self, request: LlmRequest, response: LlmResponse, reply: str, traceparent: str | None,
-                      life: RequestLifecycle) -> None:
+                      life: RequestLifecycle, relay: StreamRelay | None = None) -> None:
         """The one place a request is answered and counted."""
-        if request.stream:
-            response.warnings = [STREAM_NOT_SUPPORTED]
+        if relay is not None and not relay.declined:
+            response.streamed = relay.summary()
         response, payload = self.outbox.prepare_answer(response)  # what is sent is what is counted
         life.process_answer(response.error.code if response.error else "ok")
         metrics = self.state.metrics
@@ -237,6 +234,7 @@ class RequestShell:
         active: ActiveRequest,
         attempts: list[Attempt],
         life: RequestLifecycle,
+        relay: StreamRelay | None,
     ) -> LlmResponse:
         ordered, no_candidates_reason, verifier = await self.planner.plan(request, traceparent, active)
         if not ordered:
@@ -244,9 +242,14 @@ class RequestShell:
         life.process_plan()
         timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
         deadline = started + timeout_ms / 1000
-        response = await self._attempt_chain(request, ordered, deadline, timeout_ms, started, active, attempts, life)
+        if relay is not None and verifier is not None:
+            relay.declined, relay = True, None  # the verifier's answer replaces the draft: nothing to stream
+        response = await self._attempt_chain(request, ordered, deadline, timeout_ms, started, active, attempts, life,
+                                             relay)
         if verifier is not None and response.error is None and response.model == ordered[0].model:
             response = await self._verify(request, response, verifier, deadline, started, active, attempts, life)
+        if request.stream and verifier is not None:
+            response.warnings.append(VERIFIED_NOT_STREAMED)
         return response
 
     async def _attempt_chain(
@@ -259,8 +262,10 @@ class RequestShell:
         active: ActiveRequest,
         attempts: list[Attempt],
         life: RequestLifecycle,
+        relay: StreamRelay | None = None,
     ) -> LlmResponse:
-        """Try ``ordered`` in turn within the deadline; the first success answers."""
+        """Try ``ordered`` in turn within the deadline; the first success answers. With a
+        ``relay`` each attempt streams; once one has sent a chunk, no other is tried."""
         registry = self.registry
         breakers = self.state.circuit_breakers
         last_error: ProviderError | None = None
@@ -282,9 +287,16 @@ class RequestShell:
             scope = asyncio.timeout(min(provider_budget, remaining))
             try:
                 async with scope:
-                    completion = await registry.adapter(dep).complete(
-                        request, dep, registry.secrets.get(dep.provider)
-                    )
+                    if relay is None:
+                        completion = await registry.adapter(dep).complete(
+                            request, dep, registry.secrets.get(dep.provider)
+                        )
+                    else:
+                        relay.deployment = dep
+                        completion = await relay.attempt(
+                            registry.adapter(dep).stream(request, dep, registry.secrets.get(dep.provider)),
+                            scope, deadline,
+                        )
             except ProviderError as exc:
                 latency = (self.clock() - now) * 1000
                 registry.record_failure(dep, admission, latency, self.clock())
@@ -295,7 +307,8 @@ class RequestShell:
                                     retryable=exc.retryable),
                 ))
                 last_error = exc
-                if not exc.fallback:  # the request's own fault: another provider would fail it too
+                # The request's own fault (another provider would fail it too), or content sent.
+                if not exc.fallback or (relay is not None and relay.committed):
                     break
                 continue
             except TimeoutError:
@@ -303,8 +316,9 @@ class RequestShell:
                     _close_broken_attempt(registry, dep, admission, attempts, self.clock() - now)
                     raise
                 latency = (self.clock() - now) * 1000
-                if provider_budget < remaining:
-                    # The provider's own timeout: its failure; the chain moves on.
+                if provider_budget < remaining and (relay is None or not relay.committed):
+                    # The provider's own timeout: its failure; the chain moves on. (A stream's
+                    # first chunk moves its bound to the request's deadline.)
                     registry.record_failure(dep, admission, latency, self.clock())
                     attempts.append(Attempt(
                         provider=dep.provider, model=dep.model, outcome="timeout", latency_ms=round(latency, 3),
@@ -326,12 +340,8 @@ class RequestShell:
                 _close_broken_attempt(registry, dep, admission, attempts, self.clock() - now)
                 raise
             latency = (self.clock() - now) * 1000
-            cost = cost_usd(completion.input_tokens, completion.output_tokens, dep.price_in, dep.price_out)
+            cost = self._charge(request, dep, completion.input_tokens, completion.output_tokens)
             registry.record_success(dep, admission, latency, completion.input_tokens, completion.output_tokens, cost)
-            self.ledger.charge(request.agent_id, dep.model, dep.provider,
-                               completion.input_tokens, completion.output_tokens, cost,
-                               cloud=dep.type == "cloud", day=utc_day())
-            self.state.metrics.total_cost += cost
             attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="ok", latency_ms=round(latency, 3)))
             return LlmResponse(
                 request_id=request.request_id,
@@ -348,11 +358,31 @@ class RequestShell:
                 attempts=attempts,
             )
 
+        if relay is not None and relay.committed:
+            return self._cut(request, relay, attempts)
         if self.clock() >= deadline:
             return _error(request, "timeout", f"no answer within {timeout_ms} ms", True, attempts)
         if last_error is not None and not last_error.fallback:
             return _error(request, last_error.code, redact(last_error.message, registry.secrets.known()), False, attempts)
         return _error(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
+
+    def _charge(self, request: LlmRequest, dep: Deployment, tokens_in: int, tokens_out: int) -> float:
+        """Price tokens a deployment produced and book them in the ledger; the cost."""
+        cost = cost_usd(tokens_in, tokens_out, dep.price_in, dep.price_out)
+        self.ledger.charge(request.agent_id, dep.model, dep.provider, tokens_in, tokens_out, cost,
+                           cloud=dep.type == "cloud", day=utc_day())
+        self.state.metrics.total_cost += cost
+        return cost
+
+    def _cut(self, request: LlmRequest, relay: StreamRelay, attempts: list[Attempt],
+             stopped: bool = False) -> LlmResponse:
+        """A stream that ended after its first chunk: an error that says what was delivered,
+        billed by estimate (the vendor's usage went with the stream)."""
+        dep = relay.deployment
+        assert dep is not None  # committed: an attempt sent a chunk
+        usage = estimated_usage(request, relay.chars)
+        cost = self._charge(request, dep, usage.input_tokens, usage.output_tokens)
+        return cut_answer(relay, attempts, usage, cost, self.state.providers[dep.provider].emulated, stopped)
 
 
 def _close_broken_attempt(registry: ProviderRegistry, dep: Deployment, admission: Admission,
@@ -378,25 +408,3 @@ def _error(request: LlmRequest, code: ErrorCode, message: str, retryable: bool, 
         attempts=attempts,
         error=ErrorInfo(code=code, message=message, retryable=retryable),
     )
-
-
-class _Partial(msgspec.Struct):
-    """What can still be read from an invalid request, to address the error answer."""
-
-    request_id: Any = None
-    agent_id: Any = None
-
-
-class _PartialEvent(msgspec.Struct):
-    data: _Partial | None = None
-
-
-def _partial(payload: bytes) -> _Partial:
-    """Never raises: the input was already refused and must still be answered. Besides its
-    own errors, msgspec raises RecursionError on deep nesting (also when it only skips a
-    field) and UnicodeDecodeError on a string that is not UTF-8 (``signals.envelope``)."""
-    try:
-        event = msgspec.json.decode(payload, type=_PartialEvent)
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        return _Partial()
-    return event.data or _Partial()

@@ -4,6 +4,7 @@
 |---|---|---|
 | ``llm_request`` | callers | routers listen in queue group ``router`` |
 | ``llm_response.<agent_id>`` | router | every answer, also sent to the reply subject |
+| ``llm_chunk.<agent_id>`` | router | the chunks of a streamed request sent without a reply subject (with one, they go to the reply subject only) |
 | ``routing_decision.<agent_id>`` | router | one per routed request |
 | ``provider_register`` / ``provider_update`` / ``provider_health`` | operators, monitors | every router instance hears them |
 | ``provider_registered.<provider>`` | router | answer to register and update, also to the reply |
@@ -78,6 +79,9 @@ class Subjects:
 
     def llm_response(self, agent_id: str) -> str:
         return f"{self.prefix}llm_response.{token(agent_id)}"
+
+    def llm_chunk(self, agent_id: str) -> str:
+        return f"{self.prefix}llm_chunk.{token(agent_id)}"
 
     def routing_decision(self, agent_id: str) -> str:
         return f"{self.prefix}routing_decision.{token(agent_id)}"

@@ -322,8 +322,9 @@ class LlmRequest(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields
     """``auto`` (the default with tools), ``none``, ``required`` or one named function."""
     response_format: ResponseFormat | None = None
     stream: bool = False
-    """Streaming is not supported yet: the answer comes as one final ``llm_response``
-    carrying a warning that says so."""
+    """Stream the answer: ``llm_chunk`` signals as the provider generates it (on the reply
+    subject, else on ``llm_chunk.<agent_id>``), then the one terminal ``llm_response``. A
+    request a ``quality_assurance`` rule verifies is answered whole, with a warning."""
     timeout_ms: Annotated[int, Meta(ge=1, le=3_600_000)] | None = None
     metadata: Annotated[
         dict[Annotated[str, Meta(max_length=128)], Annotated[str, Meta(max_length=2048)]],
@@ -438,6 +439,17 @@ class Verification(Struct, kw_only=True):
     verifier_provider: str
 
 
+class StreamSummary(Struct, kw_only=True):
+    """What the ``llm_chunk`` signals of a streamed request delivered before its answer."""
+
+    chunks: int = 0
+    """Chunk signals sent; their ``seq`` ran from 0 to ``chunks - 1``."""
+    chars: int = 0
+    """Characters of content and tool-call arguments they carried."""
+    first_chunk_ms: float = 0.0
+    """From the request's arrival to the first chunk sent (0 when none was)."""
+
+
 class LlmResponse(Struct, kw_only=True, omit_defaults=True):
     """The one terminal answer to an ``llm_request``: a completion or a typed error."""
 
@@ -456,10 +468,44 @@ class LlmResponse(Struct, kw_only=True, omit_defaults=True):
     attempts: list[Attempt] = []
     error: ErrorInfo | None = None
     warnings: list[str] = []
+    """Things the caller asked for that this answer does not do as asked (for example
+    ``stream: true`` on a request that is verified: the answer comes whole)."""
     verification: Verification | None = None
     """Set when a quality_assurance rule had the answer verified (both calls are billed)."""
-    """Things the caller asked for that this answer does not do as asked (for example
-    ``stream: true`` before streaming lands: the answer comes as one final message)."""
+    streamed: StreamSummary | None = None
+    """Set on the answer to a streamed request: what its ``llm_chunk`` signals delivered.
+    On an error after the first chunk, ``message`` holds that content (``finish_reason``
+    ``error``) and no other provider is tried: the caller already has part of an answer."""
+
+
+# --------------------------------------------------------------------------- llm_chunk
+
+
+class ToolCallFragment(Struct, kw_only=True, omit_defaults=True):
+    """A piece of tool call ``index`` (0, 1, ... in the order the calls appear): ``id`` and
+    ``name`` come with its first piece, ``arguments`` is the next piece of its JSON text."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+class LlmChunk(Struct, kw_only=True, omit_defaults=True):
+    """A piece of a streamed answer (``stream: true``), sent as the provider generates it: on
+    the request's reply subject, else on ``llm_chunk.<agent_id>``. The content of all chunks,
+    concatenated in ``seq`` order, is the answer's; the terminal ``llm_response`` follows the
+    last chunk and carries the assembled message, usage and cost. Pieces that arrive within
+    ``router.stream_coalesce_ms`` of the previous chunk are sent together in one chunk."""
+
+    request_id: str
+    agent_id: str = ""
+    seq: int
+    """0, 1, 2, ... for one request: a gap means a chunk was lost."""
+    content: str = ""
+    """More assistant text."""
+    tool_calls: list[ToolCallFragment] = []
+    """Pieces of tool calls: concatenate the ``arguments`` of each ``index``."""
 
 
 # --------------------------------------------------------------------------- providers
@@ -778,6 +824,7 @@ class RoutingTable(Struct, kw_only=True, omit_defaults=True):
 SIGNAL_TYPES: dict[str, type[Struct]] = {
     "llm_request": LlmRequest,
     "llm_response": LlmResponse,
+    "llm_chunk": LlmChunk,
     "routing_decision": RoutingDecision,
     "provider_register": ProviderRegister,
     "provider_registered": ProviderRegistered,
@@ -837,6 +884,7 @@ __all__ = [
     "JsonObjectFormat",
     "JsonSchemaFormat",
     "JsonSchemaSpec",
+    "LlmChunk",
     "LlmRequest",
     "LlmResponse",
     "ModelPrice",
@@ -863,11 +911,13 @@ __all__ = [
     "RoutingControl",
     "RoutingDecision",
     "RoutingTable",
+    "StreamSummary",
     "Task",
     "TextFormat",
     "TextPart",
     "Tool",
     "ToolCall",
+    "ToolCallFragment",
     "ToolChoice",
     "ToolChoiceFunction",
     "Usage",

@@ -321,7 +321,7 @@ async def test_hostile_control_signals_get_one_typed_answer_and_change_nothing(a
                                      with_hole(b'"\xff"', request_data(agent_id=HOLE)),
                                      with_hole(b'"\xc3"', id=HOLE), b"\xff", b""])
 def test_reading_ids_back_from_hostile_bytes_never_raises(payload):
-    from router_agent.requests import _partial
+    from router_agent.outbox import _partial
 
     partial = _partial(payload)
     assert partial.request_id in (None, "bad-1") and partial.agent_id in (None, "mallory")

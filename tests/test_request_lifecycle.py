@@ -144,12 +144,16 @@ async def test_max_latency_ms_removes_a_deployment_observed_slower(agents, clien
         assert (await client.ask(lenient)).status == "ok"
 
 
-async def test_stream_true_is_answered_once_with_a_warning_that_says_so(agent, client):
-    response = await client.ask(client.new_request(model="gpt-4-turbo", stream=True))
-    assert response.status == "ok"
-    assert len(response.warnings) == 1 and "stream" in response.warnings[0]
-    plain = await client.ask(client.new_request(model="gpt-4-turbo"))
-    assert plain.warnings == []
+async def test_stream_true_is_answered_with_its_chunks_then_exactly_once(agent, client):
+    inbox = client.nc.new_inbox()
+    replies = await client.collect(inbox)
+    request = client.new_request(model="gpt-4-turbo", stream=True)
+    await client.nc.publish(client.subjects.llm_request, sig.encode_event("llm_request", request), reply=inbox)
+    answer = await replies.wait_for(lambda d: isinstance(d, sig.LlmResponse))
+    assert answer.status == "ok" and answer.warnings == [] and answer.streamed.chunks >= 1
+    plain = await client.ask(client.new_request(model="gpt-4-turbo"))  # meanwhile, a second answer would be here
+    assert plain.warnings == [] and plain.streamed is None
+    assert [type(d) for d in replies.data] == [sig.LlmChunk] * answer.streamed.chunks + [sig.LlmResponse]
 
 
 async def test_requests_buffered_when_a_stop_begins_are_served_within_the_grace_period(agents, client, subjects):

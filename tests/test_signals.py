@@ -37,6 +37,7 @@ from signals.types import (
     CostLine,
     CostReport,
     ErrorInfo,
+    LlmChunk,
     LlmRequest,
     LlmResponse,
     ModelPrice,
@@ -55,6 +56,7 @@ from signals.types import (
     RouterError,
     RoutingDecision,
     Task,
+    ToolCallFragment,
     Usage,
 )
 
@@ -109,6 +111,13 @@ SAMPLES: dict[str, msgspec.Struct] = {
             ),
             Attempt(provider="local", model="llama-3-70b", outcome="ok", latency_ms=78.0),
         ],
+    ),
+    "llm_chunk": LlmChunk(
+        request_id="req-1",
+        agent_id="cto_agent",
+        seq=3,
+        content="Post",
+        tool_calls=[ToolCallFragment(index=0, id="call_1", name="lookup", arguments='{"q":')],
     ),
     "routing_decision": RoutingDecision(
         request_id="req-1",
