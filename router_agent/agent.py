@@ -195,6 +195,7 @@ class RouterAgent:
             task.cancel()  # each answers shutting_down on its way out
         if leftover:
             await asyncio.wait(leftover, timeout=5)
+        await self.requests.planner.drain()
         if drained is not None:
             with contextlib.suppress(nats.errors.Error, OSError, RuntimeError, TimeoutError):
                 async with asyncio.timeout(5):

@@ -9,6 +9,7 @@ operators' overrides, counts the decision (``metrics.decisions_by_strategy``,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -41,6 +42,23 @@ class Planner:
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         """The engine's random source (weighted draws, two random choices); seed it to replay."""
+        self.publishing: set[asyncio.Task[None]] = set()
+        """Decisions on their way to the bus (``drain`` waits for them at a stop)."""
+
+    async def _publish_after_a_turn(self, subject: str, decision: RoutingDecision, traceparent: str | None) -> None:
+        await asyncio.sleep(0)  # one turn of the loop: the adapter's request is written first
+        await self.outbox.publish(subject, "routing_decision", decision, traceparent)
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        self.publishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publishing a routing_decision failed", exc_info=task.exception())
+            self.state.metrics.internal_errors += 1
+
+    async def drain(self) -> None:
+        """Let every decision still on its way reach the bus."""
+        if self.publishing:
+            await asyncio.wait(set(self.publishing), timeout=5)
 
     async def plan(self, request: LlmRequest, traceparent: str | None,
                    active: ActiveRequest) -> tuple[list[Deployment], str, Deployment | None]:
@@ -86,9 +104,15 @@ class Planner:
         )
         if self.policy.verbose:
             log.info("routing %s/%s: %s", request.agent_id, request.request_id, _describe(decision))
-        await self.outbox.publish(
-            self.outbox.subjects.routing_decision(request.agent_id), "routing_decision", decision, traceparent
-        )
+        subject = self.outbox.subjects.routing_decision(request.agent_id)
+        if ordered:
+            # Published once the first attempt is on its way: encoding the decision and the bus
+            # write it triggers would otherwise sit between the plan and the upstream call.
+            task = asyncio.get_running_loop().create_task(self._publish_after_a_turn(subject, decision, traceparent))
+            self.publishing.add(task)
+            task.add_done_callback(self._published)
+        else:
+            await self.outbox.publish(subject, "routing_decision", decision, traceparent)
         verifier = plan.verify_with.dep if plan.verify_with is not None else None
         return [c.dep for c in ordered], plan.reason, verifier
 

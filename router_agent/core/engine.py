@@ -14,10 +14,10 @@ Pipeline (``decide``)
    alias; else the agent's preferences (an operator's primary first) plus the models of
    its matching ``routing_rules``; else every model of the default pool.
 4. **Hard constraints** (``core.routing.filter_candidates``) remove what may not serve.
-5. **First choice**: the first matching agent rule whose model survived (a rule whose
-   model was removed is noted, and the next is tried); else the operator's primary; else
-   the agent's configured primary when no strategy was chosen for it (default strategy);
-   else the strategy's best.
+5. **First choice**: an operator's primary; else the first matching agent rule whose model
+   survived (a rule whose model was removed is noted, and the next is tried; a rule reading
+   ``model.*`` is judged per deployment after the constraints); else the agent's configured
+   primary when no strategy was chosen for it (default strategy); else the strategy's best.
 6. **Order** the rest with the strategy (``core.strategies``), then apply per-model
    global rules: ``switch_to_fallback`` demotes matching candidates (a model whose rate
    limit is approaching), ``switch_to_local_only`` / ``force_local_model`` remove matching
