@@ -672,6 +672,15 @@ def test_set_primary_can_name_a_model_outside_the_agent_s_preferences():
     assert first(plan) == "gemini-1.5-pro" and set(models(plan)) == {"gemini-1.5-pro", "llama-3-70b", "gpt-4-turbo"}
 
 
+def test_an_operators_primary_comes_before_the_agents_rules_and_says_so():
+    table = RoutingOverrides()
+    table.set_primary("backend_agent", "claude-3-opus", "deepseek is broken", NOW)
+    plan = shipped_run(req("backend_agent", task=Task(type="code_generation")), overrides=table)
+    assert first(plan) == "claude-3-opus" and plan.decided_by == "primary"
+    assert any("deepseek is broken" in n and "before the agent's rules" in n for n in plan.notes)
+    assert "deepseek-coder-33b" in models(plan)  # the rule's model stays a fallback
+
+
 def test_set_primary_still_yields_to_hard_constraints():
     table = RoutingOverrides()
     table.set_primary("qa_agent", "gpt-4-turbo", "x", NOW)
