@@ -2,10 +2,11 @@
 
     python -m bench                      the full run (a few minutes)
     python -m bench --quick              a tiny version of every scenario (seconds; the smoke test)
-    python -m bench --only latency,cpu   some scenarios
+    python -m bench --only latency,cpu   some scenarios (streaming = ttft,relay,streams)
     python -m bench --json OUT.json      write the JSON there (default: bench/results/latest.json)
 
-Scenarios: latency, throughput, cpu, memory, streaming, scale_out, peer (LiteLLM's Router).
+Scenarios: latency, throughput, cpu, memory, adapters, ttft, relay, streams, scale_out, peer
+(LiteLLM's Router).
 It starts its own nats-server, emulators and agents on 127.0.0.1 (free ports), and stops
 them all when it ends, also on Ctrl-C or SIGTERM. Progress goes to stderr, the table to
 stdout. Figures are printed, never asserted: see bench/README.md.
@@ -29,10 +30,11 @@ from typing import Any
 
 from bench import report
 from bench.procs import Stack
-from bench.scenarios import FULL, QUICK, Bench, log_stderr, streaming
+from bench.scenarios import FULL, QUICK, Bench, log_stderr
 
-SCENARIOS = ("latency", "throughput", "cpu", "memory", "streaming", "scale_out", "peer")
+SCENARIOS = ("latency", "throughput", "cpu", "memory", "adapters", "ttft", "relay", "streams", "scale_out", "peer")
 ALIASES = {"scale-out": "scale_out", "scaleout": "scale_out", "litellm": "peer", "peer_litellm": "peer"}
+GROUPS = {"streaming": ("ttft", "relay", "streams")}
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -44,13 +46,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs (path on stderr)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default: 3, quick: 1)")
     parser.add_argument("--levels", default=None, help="in-flight levels for throughput (default: 50,500,2000)")
+    parser.add_argument("--stream-levels", default=None,
+                        help="concurrent streams for the streams scenario (default: 1000; quick: 20)")
     parser.add_argument("--peer-timeout", type=float, default=None, help="seconds the LiteLLM worker may take")
     args = parser.parse_args(argv)
     chosen = []
     for name in filter(None, (part.strip() for part in args.only.split(","))):
         name = ALIASES.get(name, name)
+        if name in GROUPS:
+            chosen.extend(GROUPS[name])
+            continue
         if name not in SCENARIOS:
-            parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+            parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}, streaming (= ttft,relay,streams)")
         chosen.append(name)
     args.scenarios = [s for s in SCENARIOS if s in chosen] if chosen else list(SCENARIOS)
     return args
@@ -60,6 +67,7 @@ async def run_scenarios(stack: Stack, args: argparse.Namespace, sizes: Any, work
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}
     bench = Bench(stack, sizes, log=log_stderr)
+    bench.streaming.plan = set(args.scenarios)
     try:
         log_stderr("bench: starting nats-server, emulators (0 ms, 200 ms) and two agents")
         await bench.start()
@@ -75,8 +83,14 @@ async def run_scenarios(stack: Stack, args: argparse.Namespace, sizes: Any, work
                     results["cpu"] = await bench.cpu()
                 elif name == "memory":
                     results["memory"] = await bench.memory()
-                elif name == "streaming":
-                    results["streaming"] = streaming()
+                elif name == "adapters":
+                    results["adapters"] = await bench.streaming.adapters(workdir)
+                elif name == "ttft":
+                    results["ttft"] = await bench.streaming.ttft()
+                elif name == "relay":
+                    results["relay"] = await bench.streaming.relay()
+                elif name == "streams":
+                    results["streams"] = await bench.streaming.streams(workdir)
                 elif name == "scale_out":
                     results["scale_out"] = await bench.scale_out()
                 elif name == "peer":
@@ -113,14 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     if args.rounds:
         sizes = dataclasses.replace(sizes, rounds=args.rounds, latency_rounds=max(args.rounds, sizes.latency_rounds),
-                                    memory_rounds=min(args.rounds, sizes.memory_rounds))
+                                    memory_rounds=min(args.rounds, sizes.memory_rounds), stream_rounds=args.rounds)
     if args.levels:
         levels = tuple(int(x) for x in args.levels.split(","))
         sizes = dataclasses.replace(sizes, levels=levels)
+    if args.stream_levels:
+        sizes = dataclasses.replace(sizes, stream_levels=tuple(int(x) for x in args.stream_levels.split(",")))
     signal.signal(signal.SIGTERM, _on_sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
     stack = Stack(workdir)
     started = time.monotonic()
+    load_start = report.load_average()
     try:
         try:
             import uvloop
@@ -141,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": time.monotonic() - started,
         "sizes": sizes.__dict__,
         "machine": report.machine(),
+        "load_average": {"start": load_start, "end": report.load_average()},
         "versions": report.versions(),
         "settings": report.settings(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

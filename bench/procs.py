@@ -155,19 +155,30 @@ class Stack:
         self.children.append(child)
         return child
 
-    def start_emulator(self, latency_ms: float, name: str | None = None) -> Child:
+    def start_emulator(self, latency_ms: float, name: str | None = None, tokens_per_s: float = 0.0,
+                       wait: bool = True) -> Child:
+        """``router-agent emulate``: ``latency_ms`` to the first token (or to the whole answer),
+        then ``tokens_per_s`` pacing a stream (0: the rest at once). ``wait=False`` returns
+        at once: then ``ready(child)`` (start several, wait once)."""
         port = free_port()
-        child = self._spawn(
-            name or f"emulator-{latency_ms:g}ms",
-            [*_cli(), "emulate", "--host", "127.0.0.1", "--port", str(port), "--latency-ms", f"{latency_ms:g}"],
-        )
+        argv = [*_cli(), "emulate", "--host", "127.0.0.1", "--port", str(port), "--latency-ms", f"{latency_ms:g}"]
+        if tokens_per_s:
+            argv += ["--tokens-per-s", f"{tokens_per_s:g}"]
+        child = self._spawn(name or f"emulator-{latency_ms:g}ms" + (f"-{tokens_per_s:g}tps" if tokens_per_s else ""), argv)
+        child.info["url"] = f"http://127.0.0.1:{port}/v1"
+        child.info["root"] = f"http://127.0.0.1:{port}"
+        child.info["latency_ms"] = f"{latency_ms:g}"
+        child.info["tokens_per_s"] = f"{tokens_per_s:g}"
+        child.info["ready_line"] = "emulator ready:"
+        return self.ready(child) if wait else child
+
+    def ready(self, child: Child, timeout_s: float = 30) -> Child:
+        """Wait for a child started with ``wait=False`` to say it is ready; stop it if it does not."""
         try:
-            child.wait_for_line("emulator ready:", 20)
+            child.info["ready"] = child.wait_for_line(child.info["ready_line"], timeout_s)
         except StartError:
             self.stop(child)
             raise
-        child.info["url"] = f"http://127.0.0.1:{port}/v1"
-        child.info["latency_ms"] = f"{latency_ms:g}"
         return child
 
     def start_agent(
@@ -179,11 +190,12 @@ class Stack:
         extra_router: dict[str, object] | None = None,
         cli: list[str] | None = None,
         env: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> Child:
         """An agent whose subjects carry ``prefix``, so several agent pools share one server.
 
         ``cli`` replaces the ``router-agent`` command (the memory profiler runs it under
-        tracemalloc); ``env`` adds environment variables.
+        tracemalloc); ``env`` adds environment variables; ``wait=False``: see ``ready``.
         """
         self._count += 1
         overlay = self.workdir / f"overlay-{self._count:02d}-{prefix}.yaml"
@@ -201,13 +213,9 @@ class Stack:
             ],
             env,
         )
-        try:
-            child.info["ready"] = child.wait_for_line("router-agent ready:", 30)
-        except StartError:
-            self.stop(child)
-            raise
         child.info["prefix"] = prefix
-        return child
+        child.info["ready_line"] = "router-agent ready:"
+        return self.ready(child) if wait else child
 
     def spawn_python(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         return self._spawn(name, [sys.executable, "-m", module, *args], env)

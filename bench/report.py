@@ -46,6 +46,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: how busy the machine was (other work included)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 def _version(dist: str) -> str:
     try:
         return version(dist)
@@ -183,11 +191,11 @@ def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
         per = router["cpu_s_per_1000"]
         out.append((
             f"CPU per request: saturation, {cpu['concurrency']} in flight, 0 ms upstream",
-            f"{_n(router['rps'])} req/s, agent {per['agent']:.3f} CPU s/1000 req "
-            f"({_n(router['cpu_pct']['agent'])}% of a core), {router['errors']} err",
+            (f"{_n(router['rps'])} req/s, agent {per['agent']:.3f} CPU s/1000 req "
+            f"({_n(router['cpu_pct']['agent'])}% of a core), {router['errors']} err"),
             f"direct {_n(direct['rps'])} req/s (no agent)",
-            f"per 1000 req also: nats-server {per.get('nats', float('nan')):.3f}, emulator "
-            f"{per.get('emulator', float('nan')):.3f}, generator {per.get('generator', float('nan')):.3f} s",
+            (f"per 1000 req also: nats-server {per.get('nats', float('nan')):.3f}, emulator "
+            f"{per.get('emulator', float('nan')):.3f}, generator {per.get('generator', float('nan')):.3f} s"),
         ))
 
     mem = r.get("memory")
@@ -202,9 +210,7 @@ def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
                 f"agent reported {_n(m['reached_in_flight'])} in flight; {m['errors']} err",
             ))
 
-    stream = r.get("streaming")
-    if stream:
-        out.append(("streaming: time to first token", stream["reason"], "", ""))
+    out.extend(_stream_rows(r))
 
     scale = r.get("scale_out")
     if scale:
@@ -219,13 +225,113 @@ def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
                 "scale-out: " + label.format(n=s["in_flight"]) + ", 2 agents vs 1",
                 f"two agents {_load(two)}, agents CPU {_n(two['agents_cpu_pct'])}%",
                 f"one agent {_load(one)}, agent CPU {_n(one['agents_cpu_pct'])}%",
-                f"x{ratio:.2f}; all processes {_n(two['total_cpu_pct'])}% vs {_n(one['total_cpu_pct'])}% "
-                f"of {100 * (os.cpu_count() or 1)}%",
+                (f"x{ratio:.2f}; all processes {_n(two['total_cpu_pct'])}% vs {_n(one['total_cpu_pct'])}% "
+                f"of {100 * (os.cpu_count() or 1)}%"),
             ))
 
     peer = r.get("peer_litellm")
     if peer is not None:
         out.extend(_peer_rows(peer, r))
+    return out
+
+
+def _us(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.1f} µs" if abs(value) < 100 else f"{value:,.0f} µs"
+
+
+def _stream_rows(r: dict[str, Any]) -> list[Row]:
+    """adapters, ttft, relay, streams (see bench/stream_scenarios.py)."""
+    out: list[Row] = []
+    ad = r.get("adapters")
+    if ad:
+        for api, v in ad["vendors"].items():
+            a, raw = v["adapter"], v["raw"]
+            out.append((
+                f"adapters: {api} (/{v['path']}), {ad['in_flight']:,} in flight, {ad['upstream_ms']:g} ms, one process",
+                f"adapter {_load(a)}, process CPU {_n(a['cpu_pct']['process'])}%",
+                f"bare aiohttp, same request: {_load(raw)}, CPU {_n(raw['cpu_pct']['process'])}%",
+                (f"ideal {_n(ad['ideal_rps'])} req/s: adapter {_n(a['rps'] / ad['ideal_rps'] * 100)}%, bare "
+                f"{_n(raw['rps'] / ad['ideal_rps'] * 100)}%; CPU per call {_us(a['process_cpu_us_per_call'])} vs "
+                f"{_us(raw['process_cpu_us_per_call'])}"),
+            ))
+
+    tt = r.get("ttft")
+    if tt:
+        up = tt["upstream"]
+        lat = r.get("latency")
+        ref = f"; a request not streamed adds {lat['added']['p50_ms']:+.2f} ms p50 (latency row)" if lat else ""
+        for api, v in tt["vendors"].items():
+            label = (f"streaming: time to first token, {api} ({v['model']}), 1 in flight, "
+                     f"{up['ttft_ms']:g} ms + {up['tokens_per_s']:,.0f} tokens/s, p50/p90/p99")
+            direct = "direct adapter stream() " + _trio(v["direct"])
+            if tt["measured"]:
+                note = "added " + _trio(v["added"], sign=True) + (
+                    f"; errors {v['router']['errors']}/{v['direct']['errors']}; "
+                    f"chunks != final content: {v.get('content_mismatches', 0)}") + ref
+                out.append((label, "router, first chunk " + _trio(v["router"]), direct, note))
+            else:
+                out.append((label, tt["reason"], direct, f"errors -/{v['direct']['errors']}"))
+
+    rl = r.get("relay")
+    if rl:
+        if not rl.get("measured"):
+            out.append(("streaming: relay cost per chunk, coalescing", rl["reason"], "", ""))
+        else:
+            base = rl["not_streamed"]
+            up = rl["upstream"]
+            for name in ("stream_coalesce_0", "stream_default"):
+                v = rl.get(name)
+                if not v:
+                    continue
+                coalesce = ("coalesce 0 ms" if name.endswith("_0") else
+                            f"coalesce default ({rl['coalesce_default_ms']} ms)" if rl["coalesce_setting"]
+                            else "default (no coalescing setting)")
+                out.append((
+                    (f"streaming: relay, {_n(rl['rate'])} streams/s, {up['tokens_per_s']:,.0f} tokens/s, "
+                    f"{rl['chunks_per_stream']} chunks each, {coalesce}"),
+                    (f"agent {_us(v['relay_us_per_chunk'])} CPU per chunk relayed ({_us(v['agent_cpu_us_per_chunk'])} "
+                    f"all in), {v['msgs_per_stream']:.1f} bus msgs/stream ({_us(v['agent_cpu_us_per_msg'])} each), "
+                    f"{_n(v['answered_per_s'])} streams/s, agent CPU {_n(v['cpu_pct']['agent'])}%"),
+                    (f"not streamed: {_us(base['agent_cpu_us_per_request'])} per request, "
+                    f"{_n(base['answered_per_s'])}/s, agent CPU {_n(base['cpu_pct']['agent'])}%"),
+                    (f"CPU nats-server {_n(v['cpu_pct']['nats'])}%, client {_n(v['cpu_pct']['generator'])}% (not "
+                    f"streamed: {_n(base['cpu_pct']['nats'])}%, {_n(base['cpu_pct']['generator'])}%); first chunk p50 "
+                    f"{_ms(v['ttft']['p50_ms'])} ms; {v['errors']} err"),
+                ))
+            if not rl["coalesce_setting"]:
+                out.append(("streaming: coalescing", rl["coalesce_note"], "", ""))
+
+    st = r.get("streams")
+    if st:
+        if not st.get("measured"):
+            out.append(("streaming: many concurrent streams, chunk gaps", st["reason"], "", ""))
+        else:
+            up = st["upstream"]
+
+            def cell(v: dict[str, Any]) -> str:
+                g = v["gaps"]
+                return (f"gap beyond the upstream's schedule, max: {_ms(g['max_ms'])} ms raw / "
+                        f"{_ms(g['corrected_max_ms'])} minus reader lag / {_ms(g['router_max_ms'])} minus reader and "
+                        f"emulator lag; >100 ms: {g['over_100ms']} / {g['corrected_over_100ms']} / "
+                        f"{g['router_over_100ms']} of {_n(g['count'])} chunks; p99 {_ms(g['p99_ms'])} ms raw; "
+                        f"{_n(v['completed_per_s'])} streams/s, first token p50 {_ms(v['ttft_p50_ms'])} ms, "
+                        f"{v['errors']} err")
+
+            for lv in st["levels"]:
+                router, direct = lv["router"], lv["direct"]
+                c = router["cpu_pct"]
+                out.append((
+                    (f"streaming: {lv['streams']:,} concurrent streams at {up['tokens_per_s']:g} tokens/s "
+                    f"({st['chunks_per_stream']} chunks, {up['ttft_ms']:g} ms first), {st['readers']} readers"),
+                    "router " + cell(router),
+                    "direct adapter " + cell(direct),
+                    (f"lag max, router / direct run: readers {_ms(router['loop_lag_max_ms'])} / "
+                    f"{_ms(direct['loop_lag_max_ms'])} ms, emulator {_ms(router['upstream_lag']['max_ms'])} / "
+                    f"{_ms(direct['upstream_lag']['max_ms'])} ms; CPU agent {_n(c['agent'])}%, emulator "
+                    f"{_n(c['emulator'])}%, nats {_n(c['nats'])}%, readers {_n(c['readers'])}%"),
+                ))
     return out
 
 
@@ -266,8 +372,8 @@ def _peer_rows(peer: dict[str, Any], r: dict[str, Any]) -> list[Row]:
     ours_cpu = r.get("cpu")
     out.append((
         f"peer: LiteLLM, CPU per request, saturation, {cpu['concurrency']} in flight, 0 ms",
-        f"litellm {_n(cpu['litellm']['rps'])} req/s, {cpu['litellm']['cpu_s_per_1000']:.3f} CPU s/1000 req "
-        "(router + caller, one process)",
+        (f"litellm {_n(cpu['litellm']['rps'])} req/s, {cpu['litellm']['cpu_s_per_1000']:.3f} CPU s/1000 req "
+        "(router + caller, one process)"),
         f"direct {_n(cpu['direct']['rps'])} req/s, {cpu['direct']['cpu_s_per_1000']:.3f} CPU s/1000 req (client only)",
         (f"router agent: {ours_cpu['router']['cpu_s_per_1000']['agent']:.3f} agent + "
          f"{ours_cpu['router']['cpu_s_per_1000']['generator']:.3f} caller CPU s/1000 req") if ours_cpu else "",
@@ -281,8 +387,8 @@ def _peer_rows(peer: dict[str, Any], r: dict[str, Any]) -> list[Row]:
             ref = f"router agent: {m['bytes_per_in_flight'] / KB:.1f} KB each, RSS {m['rss_mb']:.1f} MB"
         out.append((
             f"peer: LiteLLM, memory, {mem['in_flight']:,} in flight",
-            f"RSS {mem['rss_mb']:.1f} MB, {mem['bytes_per_in_flight'] / KB:.1f} KB per in-flight call, "
-            f"{mem['errors']} err",
+            (f"RSS {mem['rss_mb']:.1f} MB, {mem['bytes_per_in_flight'] / KB:.1f} KB per in-flight call, "
+            f"{mem['errors']} err"),
             f"idle {mem['idle_rss_mb']:.1f} MB (its process, LiteLLM imported)",
             f"{mem['upstream_connections_seen']:,} upstream connections seen open; {ref}".rstrip("; "),
         ))
@@ -332,6 +438,41 @@ def goals(results: dict[str, Any], sizes: Any, quick: bool = False) -> list[dict
          m["bytes_per_in_flight"] <= 20 * KB if m else None)
     goal(f"agent RSS at {sizes.goal_memory_level:,} in flight", "<= 300 MB",
          f"{m['rss_mb']:.1f} MB" if m else None, m["rss_mb"] <= 300 if m else None)
+
+    ad = results.get("adapters")
+    if ad:
+        rates = {api: v["adapter"]["rps"] for api, v in ad["vendors"].items()}
+        errors = sum(v["adapter"]["errors"] for v in ad["vendors"].values())
+        goal(f"adapter layer alone, {ad['in_flight']:,} in flight, {ad['upstream_ms']:g} ms upstream, each vendor "
+             "format, one process",
+             ">= 2,000 req/s each", ", ".join(f"{api} {_n(x)}" for api, x in rates.items()) + f" req/s; {errors} err",
+             min(rates.values()) >= 2000 and errors == 0)
+    else:
+        goal("adapter layer alone, each vendor format, one process", ">= 2,000 req/s each", None, None)
+
+    tt = results.get("ttft")
+    if tt and tt["measured"]:
+        added = {api: v["added"]["p50_ms"] for api, v in tt["vendors"].items()}
+        goal("time to first token added through the router p50, each vendor format", "<= 1.0 ms",
+             ", ".join(f"{api} {x:+.3f}" for api, x in added.items()) + " ms", max(added.values()) <= 1.0)
+    else:
+        goal("time to first token added through the router p50, each vendor format", "<= 1.0 ms",
+             tt["reason"] if tt else None, None)
+
+    st = results.get("streams")
+    lv = next((x for x in st["levels"] if x["streams"] == sizes.goal_streams), None) if st and st["measured"] else None
+    name = f"{sizes.goal_streams:,} concurrent streams at 50 tokens/s: chunk gaps the upstream did not cause"
+    if lv:
+        g, d = lv["router"]["gaps"], lv["direct"]["gaps"]
+        busy = sum(lv["router"]["cpu_pct"].values())
+        goal(name, "none above 100 ms",
+             f"max {_ms(g['router_max_ms'])} ms, {g['router_over_100ms']} above 100 ms, after the reader's and the "
+             f"emulator's own lag (raw: max {_ms(g['max_ms'])} ms, {g['over_100ms']} above; the same figure without "
+             f"the router: max {_ms(d['router_max_ms'])} ms, {d['router_over_100ms']} above; CPU in use "
+             f"{_n(busy)}% of {100 * (os.cpu_count() or 1)}%)",
+             g["router_over_100ms"] == 0)
+    else:
+        goal(name, "none above 100 ms", st["reason"] if st else None, None)
     return out
 
 
@@ -366,14 +507,17 @@ def render(meta: dict[str, Any], table: list[Row], goal_rows: list[dict[str, Any
            results: dict[str, Any] | None = None) -> str:
     m, v, s = meta["machine"], meta["versions"], meta["settings"]
     lines = [
-        f"llm-router-agent benchmark ({meta['mode']}; medians over rounds, router and baseline interleaved "
-        f"in every round; {meta['duration_s']:.0f} s)",
-        f"machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB, {m['os']}, "
-        f"{m['python_implementation']} {m['python']}",
+        (f"llm-router-agent benchmark ({meta['mode']}; medians over rounds, router and baseline interleaved "
+        f"in every round; {meta['duration_s']:.0f} s)"),
+        (f"machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB, {m['os']}, "
+        f"{m['python_implementation']} {m['python']}"),
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"settings: telemetry {s['telemetry']} ({s['telemetry_detail']}); agent log level {s['agent_log_level']}; "
+        "load average (1/5/15 min): at start " + "/".join(map(str, meta.get("load_average", {}).get("start", [])))
+        + ", at end " + "/".join(map(str, meta.get("load_average", {}).get("end", [])))
+        + " (the run's own processes included at the end)",
+        (f"settings: telemetry {s['telemetry']} ({s['telemetry_detail']}); agent log level {s['agent_log_level']}; "
         f"emulation {s['emulation_mode']}; max_concurrent_requests {s['max_concurrent_requests']}; "
-        f"strategy {s['default_strategy']}; overlay {s['overlay']}; ROUTER_ENV {s['router_env']}",
+        f"strategy {s['default_strategy']}; overlay {s['overlay']}; ROUTER_ENV {s['router_env']}"),
         f"load: {s['request']}; {s['load_generator']}; {s['event_loop']}",
         "",
         _table(("scenario", "router agent", "baseline (same run)", "difference / notes"), table),

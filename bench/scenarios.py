@@ -23,6 +23,7 @@ import psutil
 
 from bench.load import BusClient, CpuProbe, HttpClient, combine, summarize_ms
 from bench.procs import Child, Stack
+from bench.stream_scenarios import StreamScenarios
 
 UPSTREAM_LATENCY_MS = 200.0
 
@@ -50,6 +51,22 @@ class Sizes:
     peer_memory_latency_ms: float  # LiteLLM needs seconds of CPU just to dispatch 500 calls
     goal_in_flight: int  # the throughput level the goal speaks of
     goal_memory_level: int
+    adapter_in_flight: int  # the adapter layer alone, per vendor format
+    adapter_upstream_ms: float
+    adapter_warm: bool  # warm each side's pool at the level before the first round
+    adapter_warmup_s: float
+    adapter_window_s: float
+    ttft_n: int  # streamed requests one at a time, per vendor, side and round
+    relay_rate: float  # streams a second (open loop) at 1,000 tokens/s for the relay cost
+    relay_prompt_chars: int  # word length of the relay prompt (12 words): the stream's length
+    stream_levels: tuple[int, ...]  # concurrent streams at stream_tokens_per_s
+    stream_tokens_per_s: float
+    stream_prompt_chars: int
+    stream_readers: int  # reader processes the streams are spread over
+    stream_warmup_s: float  # after the ramp (one stream's duration)
+    stream_window_s: float
+    stream_rounds: int
+    goal_streams: int  # the level the "no gap above 100 ms" goal speaks of
 
 
 FULL = Sizes(
@@ -57,12 +74,20 @@ FULL = Sizes(
     open_load=0.8, cpu_concurrency=200, memory_levels=(500, 5000), memory_latency_ms=6000,
     memory_rounds=2, scale_in_flight=500, peer_latency_n=300, peer_in_flight=500,
     peer_cpu_concurrency=50, peer_memory_in_flight=500, peer_memory_latency_ms=15000, goal_in_flight=500, goal_memory_level=5000,
+    adapter_in_flight=500, adapter_upstream_ms=200.0, adapter_warm=True, adapter_warmup_s=0.8,
+    adapter_window_s=2.0, ttft_n=100, relay_rate=50.0, relay_prompt_chars=119, stream_levels=(250, 1000),
+    stream_tokens_per_s=50.0, stream_prompt_chars=119, stream_readers=2, stream_warmup_s=1.0, stream_window_s=5.0,
+    stream_rounds=2, goal_streams=1000,
 )
 QUICK = Sizes(
     rounds=1, latency_rounds=2, latency_n=100, levels=(20, 100, 200), warmup_s=0.3, window_s=0.6,
     open_load=0.8, cpu_concurrency=50, memory_levels=(50, 200), memory_latency_ms=2000,
     memory_rounds=1, scale_in_flight=100, peer_latency_n=30, peer_in_flight=100,
     peer_cpu_concurrency=20, peer_memory_in_flight=100, peer_memory_latency_ms=2500, goal_in_flight=100, goal_memory_level=200,
+    adapter_in_flight=50, adapter_upstream_ms=50.0, adapter_warm=False, adapter_warmup_s=0.2,
+    adapter_window_s=0.3, ttft_n=10, relay_rate=50.0, relay_prompt_chars=23, stream_levels=(20,),
+    stream_tokens_per_s=50.0, stream_prompt_chars=11, stream_readers=2, stream_warmup_s=0.1, stream_window_s=0.6,
+    stream_rounds=1, goal_streams=20,
 )
 
 
@@ -120,6 +145,7 @@ class Bench:
         self.echo: Child | None = None
         self.bus_echo: BusClient | None = None
         self.me = psutil.Process()
+        self.streaming = StreamScenarios(self)
 
     async def start(self) -> None:
         self.nats_url = self.stack.start_nats()
@@ -163,6 +189,7 @@ class Bench:
         for client in (self.bus0, self.bus200, self.http0, self.http200, self.bus_echo):
             if client is not None:
                 await client.close()
+        await self.streaming.close()
 
     @property
     def nats_proc(self) -> psutil.Process | None:
@@ -421,10 +448,6 @@ class Bench:
             return json.loads(out_path.read_text())
         finally:
             self.stack.stop(worker)
-
-
-def streaming() -> dict[str, Any]:
-    return {"measured": False, "reason": "not measured: streaming not implemented"}
 
 
 def log_stderr(line: str) -> None:
