@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -85,6 +86,7 @@ async def run(
                 loop.add_signal_handler(sig, stop.set)
         agent = RouterAgent(config, nc, emulator_url=emulator_url)
         await agent.start()
+        gc.freeze()  # what start-up built lives as long as the agent: collections need not walk it
         announce("providers:")
         for line in describe_providers(agent):
             announce(line)
