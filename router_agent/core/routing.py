@@ -103,6 +103,9 @@ def filter_candidates(
     keep = kept.append
     top_cost, fastest = 0.0, float("inf")
     get_view, get_stats, get_breaker = providers.get, stats.get, breakers.get
+    scored = Scored
+    # The request's own limits, when it has none, cost nothing per candidate.
+    limited = bool(cloud_ban or model_type or needed or max_cost is not None or max_latency is not None)
     for dep in deployments:
         # The common case (a healthy, enabled, closed deployment and a request without
         # limits) takes the fewest branches: this loop runs for every candidate of every request.
@@ -117,23 +120,15 @@ def filter_candidates(
             continue
         constraint = detail = ""
         estimate = (est_in * dep.price_in + est_out * dep.price_out) / 1000.0
-        seen = get_stats(dep.key)
-        if cloud_ban is not None and dep.type != "local":
-            constraint, detail = cloud_ban
-        elif model_type is not None and dep.type != model_type:
-            constraint, detail = "model_type", f"requires a {model_type} model"
-        elif needed and not dep.capabilities.issuperset(needed):
-            constraint, detail = "capability", f"lacks {', '.join(sorted(needed - dep.capabilities))}"
-        elif dep.context_window is not None and tokens > dep.context_window:
+        key = dep.key
+        seen = get_stats(key)
+        if limited:
+            constraint, detail = _request_limit(dep, cloud_ban, model_type, needed, max_cost, max_latency,
+                                                estimate, seen)
+        if not constraint and dep.context_window is not None and tokens > dep.context_window:
             constraint, detail = "context_window", f"needs ~{tokens} tokens, window is {dep.context_window}"
-        elif max_cost is not None and estimate > max_cost:
-            constraint, detail = "max_cost", f"estimated ${estimate:.6f} exceeds ${max_cost:.6f}"
-        elif (max_latency is not None and seen is not None and seen.latency_ms is not None
-              and seen.latency_ms > max_latency):
-            constraint = "max_latency"
-            detail = f"observed {seen.latency_ms:.0f} ms exceeds {max_latency} ms"
         health = 0.5 if provider.health == "degraded" else 1.0
-        breaker = get_breaker(dep.key)
+        breaker = get_breaker(key)
         if not constraint and breaker is not None and breaker.state != "closed":
             if not breaker.allows(now):
                 constraint, detail = "circuit_open", f"circuit is {breaker.state}"
@@ -160,9 +155,26 @@ def filter_candidates(
             latency, load, errors = seen.latency_ms, seen.in_flight / CAPACITY[dep.type], seen.error_rate
             if latency is None:
                 latency = latency_prior(dep, est_out)
-        if estimate > top_cost:
+        if estimate > top_cost:  # noqa: PLR1730 - an if is cheaper than a call, per candidate
             top_cost = estimate
-        if latency < fastest:
+        if latency < fastest:  # noqa: PLR1730
             fastest = latency
-        keep(Scored(dep, estimate, provider.weight, latency, load, errors, health, share))
+        keep(scored(dep, estimate, provider.weight, latency, load, errors, health, share))
     return kept, rejected, Scale(top_cost, fastest)
+
+
+def _request_limit(dep: Deployment, cloud_ban: tuple[str, str] | None, model_type: str | None,
+                   needed: frozenset[str], max_cost: float | None, max_latency: int | None, estimate: float,
+                   seen: DeploymentStats | None) -> tuple[str, str]:
+    """The first of the request's own limits ``dep`` breaks, as (constraint, detail), or ("", "")."""
+    if cloud_ban is not None and dep.type != "local":
+        return cloud_ban
+    if model_type is not None and dep.type != model_type:
+        return "model_type", f"requires a {model_type} model"
+    if needed and not dep.capabilities.issuperset(needed):
+        return "capability", f"lacks {', '.join(sorted(needed - dep.capabilities))}"
+    if max_cost is not None and estimate > max_cost:
+        return "max_cost", f"estimated ${estimate:.6f} exceeds ${max_cost:.6f}"
+    if max_latency is not None and seen is not None and seen.latency_ms is not None and seen.latency_ms > max_latency:
+        return "max_latency", f"observed {seen.latency_ms:.0f} ms exceeds {max_latency} ms"
+    return "", ""
