@@ -41,7 +41,13 @@ from router_agent.core.model import Deployment, DeploymentKey
 from router_agent.core.observed import APPROACHING, DeploymentStats
 from router_agent.core.pii import detect
 from router_agent.core.policy import AgentPolicy, Policy
-from router_agent.core.routing import ALL_MODELS, Limits, ProviderView, candidate_models, filter_candidates
+from router_agent.core.routing import (
+    ALL_MODELS,
+    Limits,
+    ProviderView,
+    candidate_models,
+    filter_candidates,
+)
 from router_agent.core.strategies import OrderContext, Scale, Scored, order, score_all, suitability
 from signals import LlmRequest, Rejection
 

@@ -115,7 +115,7 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
         dep = c.dep
         gap = complexity - dep.quality  # a weaker model loses 0.2 a point, a stronger 0.05
         f_complex = 1.0 - 0.2 * gap if gap > 0 else 1.0 + 0.05 * gap
-        if f_complex < 0.0:
+        if f_complex < 0.0:  # noqa: PLR1730 - an if is cheaper than a call, per candidate
             f_complex = 0.0
         f_cost = 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0
         f_privacy = 1.0 if dep.type == "local" else cloud_privacy
