@@ -207,8 +207,7 @@ def decide(
     notes: list[str] = []
     forced = overrides.forced_for(task.id, now) if overrides is not None and task.id else None
     matched = []
-    tentative: set[str] = set()
-    """Models only a per-model rule brought in: they stay only if the rule holds for them."""
+    tentative: set[str] = set()  # models only a per-model rule brought in: kept if it holds for them
     decided_by = ""
     lead: str | None = None
     primary = None
