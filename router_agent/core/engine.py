@@ -48,7 +48,17 @@ from router_agent.core.routing import (
     candidate_models,
     filter_candidates,
 )
-from router_agent.core.strategies import OrderContext, Scale, Scored, order, score_all, suitability
+from router_agent.core.strategies import (
+    OrderContext,
+    Scale,
+    Scored,
+    best_local_confidence,
+    confidence,
+    order,
+    score_all,
+    suitability,
+    verifier_for,
+)
 from signals import LlmRequest, Rejection
 
 SENSITIVITY = {"high": 1.0, "low": 0.0}
@@ -298,9 +308,8 @@ def decide(
     if spec.complexity_split:
         prefer = "cloud" if complexity >= 7 else "local" if complexity <= 3 else prefer
     if prefer == "local" and (spec.cloud_above_complexity is not None or spec.cloud_below_confidence is not None):
-        get = catalog.stats.get
-        best_local = max((suitability(c.dep, task.type, complexity, get(c.dep.key))
-                          for c in kept if c.dep.type == "local"), default=0) / 5
+        best_local = best_local_confidence(kept, task.type, complexity, catalog.stats.get,
+                                            spec.cloud_below_confidence)
         if (spec.cloud_above_complexity is not None and complexity >= spec.cloud_above_complexity) or (
                 spec.cloud_below_confidence is not None and best_local < spec.cloud_below_confidence):
             prefer = "cloud"
@@ -338,7 +347,7 @@ def decide(
     base.notes = notes
     base.reason = f"{why}; first choice by {decided_by}; strategy {name} ({chosen_how})"
     if verify_rule:
-        base.verify_with = verifier = _verifier(ordered, local_only is not None)
+        base.verify_with = verifier = verifier_for(ordered, local_only is not None)
         if verifier is not None and verifier.suitability == 0:  # beyond the part scored above
             scorer([verifier])
             verifier.suitability = suitability(verifier.dep, task.type, complexity, get(verifier.dep.key))
@@ -348,7 +357,7 @@ def decide(
             notes.append(f"{verify_rule}: {ordered[0].dep.model} answers, {base.verify_with.dep.model} verifies")
     if spec.hedge or spec.cache:
         notes.extend(NOT_YET[k] for k, on in (("parallel_requests", spec.hedge), ("cache_responses", spec.cache)) if on)
-    base.confidence = _confidence(ordered, decided_by)
+    base.confidence = confidence(ordered, decided_by)
     return base
 
 
@@ -396,25 +405,3 @@ def _per_model(rules: list, ordered: list[Scored], ctx: dict[str, Any], rejected
             rejected.extend(Rejection(provider=c.dep.provider, model=c.dep.model, constraint=g.name,
                                       detail=g.rule.source) for c in gone)
     return ordered, decided_by, verify_rule
-
-
-def _verifier(ordered: list[Scored], private: bool) -> Scored | None:
-    """A stronger model than the first choice: cloud first, unless the data is private (then
-    only the local ones that passed the constraints are there to ask)."""
-    first = ordered[0]
-    bar = first.dep.quality
-    stronger = [c for c in ordered[1:] if c.dep.model != first.dep.model and c.dep.quality > bar]
-    if not stronger:
-        return None
-    return max(stronger, key=lambda c: (not private and c.dep.type == "cloud", c.dep.quality, -c.estimate))
-
-
-def _confidence(ordered: list[Scored], decided_by: str) -> float:
-    """1.0 when the caller or an operator named the model; else 60 % the first choice's
-    suitability and 40 % its score's margin over the runner-up."""
-    if decided_by in ("caller", "forced"):
-        return 1.0
-    first = ordered[0]
-    runner_up = ordered[1].score if len(ordered) > 1 and ordered[1].score >= 0 else None
-    margin = 1.0 if runner_up is None else min(1.0, max(0.0, 0.5 + 4 * (first.score - runner_up)))
-    return round(0.6 * first.suitability / 5 + 0.4 * margin, 3)

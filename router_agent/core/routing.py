@@ -159,7 +159,8 @@ def filter_candidates(
             top_cost = estimate
         if latency < fastest:  # noqa: PLR1730
             fastest = latency
-        keep(scored(dep, estimate, provider.weight, latency, load, errors, health, share))
+        keep(scored(dep, estimate, provider.weight, latency, load, errors, health, share,
+                    latency * (1.0 + load) / health))
     return kept, rejected, Scale(top_cost, fastest)
 
 

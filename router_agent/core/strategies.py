@@ -24,6 +24,8 @@ import random
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from router_agent.core.model import Deployment
 from router_agent.core.observed import DeploymentStats
@@ -51,6 +53,8 @@ class Scored:
     """1 healthy, 0.5 degraded or half-open."""
     rate_share: float
     """Share of its per-minute rate limit used."""
+    effective_latency: float = 0.0
+    """Latency scaled up by load and down-weighted health: what performance_first ranks by."""
     score: float = -1.0
     """The routing_factors score, 0-1; -1 until ``score_all`` has run on it."""
     suitability: int = 0
@@ -168,20 +172,23 @@ def _weighted(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
     return _draw(cands, weights, point)
 
 
+# attrgetter keys run in C: a Python key function called for each of 1,000 candidates
+# costs more than the sort itself.
+_BY_LOAD = attrgetter("load", "estimate")
+_BY_COST = attrgetter("estimate", "latency")
+_BY_SPEED = attrgetter("effective_latency")
+
+
 def _least_loaded(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
-    return sorted(cands, key=lambda c: (c.load, c.estimate))
+    return sorted(cands, key=_BY_LOAD)
 
 
 def _cost(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
-    return sorted(cands, key=lambda c: (c.estimate, c.latency))
-
-
-def _effective_latency(c: Scored) -> float:
-    return c.latency * (1.0 + c.load) / max(c.health, 0.01)
+    return sorted(cands, key=_BY_COST)
 
 
 def _performance(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
-    ranked = sorted(cands, key=_effective_latency)
+    ranked = sorted(cands, key=_BY_SPEED)
     if len(ranked) > 2:  # power of two choices: the faster of two random ones leads
         a, b = ctx.rng.sample(range(len(ranked)), 2)
         lead = ranked[min(a, b)]
@@ -256,3 +263,41 @@ def order(base: str, cands: list[Scored], ctx: OrderContext, prefer_type: str | 
         ranked = [c for c in ranked if c.dep.type == prefer_type] + [c for c in ranked if c.dep.type != prefer_type]
     return ranked
 
+
+# ------------------------------------------------------------------ what a plan reports
+
+
+def best_local_confidence(kept: list[Scored], task_type: str | None, complexity: int, get: Any,
+                           enough: float | None) -> float:
+    """The best local candidate's suitability / 5; stops at the first that reaches ``enough``."""
+    best = 0.0
+    for c in kept:
+        if c.dep.type == "local":
+            best = max(best, suitability(c.dep, task_type, complexity, get(c.dep.key)) / 5)
+            if enough is not None and best >= enough:
+                break
+    return best
+
+
+
+def verifier_for(ordered: list[Scored], private: bool) -> Scored | None:
+    """A stronger model than the first choice: cloud first, unless the data is private (then
+    only the local ones that passed the constraints are there to ask)."""
+    first = ordered[0]
+    bar = first.dep.quality
+    stronger = [c for c in ordered[1:] if c.dep.model != first.dep.model and c.dep.quality > bar]
+    if not stronger:
+        return None
+    return max(stronger, key=lambda c: (not private and c.dep.type == "cloud", c.dep.quality, -c.estimate))
+
+
+
+def confidence(ordered: list[Scored], decided_by: str) -> float:
+    """1.0 when the caller or an operator named the model; else 60 % the first choice's
+    suitability and 40 % its score's margin over the runner-up."""
+    if decided_by in ("caller", "forced"):
+        return 1.0
+    first = ordered[0]
+    runner_up = ordered[1].score if len(ordered) > 1 and ordered[1].score >= 0 else None
+    margin = 1.0 if runner_up is None else min(1.0, max(0.0, 0.5 + 4 * (first.score - runner_up)))
+    return round(0.6 * first.suitability / 5 + 0.4 * margin, 3)
