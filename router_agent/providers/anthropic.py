@@ -40,7 +40,8 @@ from router_agent.providers.base import (
     cut_short,
     estimated_usage,
     post_json,
-    sse_events,
+    relay,
+    sse_data,
     stream_body,
     unreadable_error,
 )
@@ -346,20 +347,11 @@ class AnthropicAdapter:
                                _headers(api_key, "application/json"), api_key)
         return parse_response(body, request, api_key)
 
-    async def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
         parser = StreamParser(request, api_key)
-        events = sse_events(stream_body(self._http, f"{deployment.base_url}/messages",
+        return relay(parser, sse_data(stream_body(self._http, f"{deployment.base_url}/messages",
                                         build_request(request, deployment.model_id, stream=True),
-                                        _headers(api_key, "text/event-stream"), api_key))
-        try:
-            async for _, data in events:
-                for item in parser.feed(data):
-                    yield item
-                if parser.done:
-                    break
-        finally:
-            await events.aclose()
-        yield parser.end()
+                                        _headers(api_key, "text/event-stream"), api_key)))
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         headers = {"anthropic-version": API_VERSION, **({"x-api-key": api_key} if api_key else {})}

@@ -220,6 +220,39 @@ async def stream_body(
         raise unreachable_error(exc) from None
 
 
+class FrameParser(Protocol):
+    """What ``relay`` drives: a vendor's stream parser."""
+
+    def feed(self, frame: bytes) -> list[StreamEvent]: ...
+
+    def end(self) -> StreamEvent: ...
+
+
+async def relay(parser: FrameParser, frames: AsyncGenerator[bytes, None]) -> AsyncGenerator[StreamEvent, None]:
+    """Every adapter's stream loop: the parser's events for each frame (an SSE event's data, an
+    NDJSON line) until the parser says it is ``done`` (if it can tell), then its end event.
+    The frames are closed whatever happens (the consumer may stop reading early)."""
+    try:
+        async for frame in frames:
+            for item in parser.feed(frame):
+                yield item
+            if getattr(parser, "done", False):
+                break
+    finally:
+        await frames.aclose()
+    yield parser.end()
+
+
+async def sse_data(lines: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """The data of each server-sent event in ``lines`` (the event names are not needed)."""
+    events = sse_events(lines)
+    try:
+        async for _, data in events:
+            yield data
+    finally:
+        await events.aclose()
+
+
 async def sse_events(lines: AsyncGenerator[bytes, None]) -> AsyncGenerator[tuple[str, bytes], None]:
     """``(event, data)`` for each server-sent event in ``lines``; closes ``lines`` when done."""
     decoder = SSEDecoder()

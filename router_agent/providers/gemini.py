@@ -47,7 +47,8 @@ from router_agent.providers.base import (
     cut_short,
     estimated_usage,
     post_json,
-    sse_events,
+    relay,
+    sse_data,
     stream_body,
     unreadable_error,
 )
@@ -337,18 +338,11 @@ class GeminiAdapter:
         body = await post_json(self._http, url, build_request(request), _headers(api_key, "application/json"), api_key)
         return parse_response(body, api_key)
 
-    async def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
         parser = StreamParser(request, api_key)
         url = f"{deployment.base_url}/models/{deployment.model_id}:streamGenerateContent?alt=sse"
-        events = sse_events(stream_body(self._http, url, build_request(request),
-                                        _headers(api_key, "text/event-stream"), api_key))
-        try:
-            async for _, data in events:
-                for item in parser.feed(data):
-                    yield item
-        finally:
-            await events.aclose()
-        yield parser.end()
+        return relay(parser, sse_data(stream_body(self._http, url, build_request(request),
+                                        _headers(api_key, "text/event-stream"), api_key)))
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         return await probe_get(self._http, base_url, "/models", {"x-goog-api-key": api_key} if api_key else {})

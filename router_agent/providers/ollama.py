@@ -29,6 +29,7 @@ from router_agent.providers.base import (
     cut_short,
     estimated_usage,
     post_json,
+    relay,
     stream_body,
     unreadable_error,
 )
@@ -239,19 +240,10 @@ class OllamaAdapter:
                                build_request(request, deployment.model_id), _headers(api_key), api_key)
         return parse_response(body, request, api_key)
 
-    async def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
         parser = StreamParser(request, api_key)
-        lines = stream_body(self._http, f"{deployment.base_url}/api/chat",
-                            build_request(request, deployment.model_id, stream=True), _headers(api_key), api_key)
-        try:
-            async for line in lines:
-                for item in parser.feed(line):
-                    yield item
-                if parser.done:
-                    break
-        finally:
-            await lines.aclose()
-        yield parser.end()
+        return relay(parser, stream_body(self._http, f"{deployment.base_url}/api/chat",
+                            build_request(request, deployment.model_id, stream=True), _headers(api_key), api_key))
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         return await probe_get(self._http, base_url, "/api/tags", _headers(api_key))

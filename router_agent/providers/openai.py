@@ -31,7 +31,8 @@ from router_agent.providers.base import (
     cut_short,
     estimated_usage,
     post_json,
-    sse_events,
+    relay,
+    sse_data,
     stream_body,
     unreadable_error,
 )
@@ -249,20 +250,11 @@ class OpenAIAdapter:
                                build_request(request, deployment.model_id), _headers(_BASE_HEADERS, api_key), api_key)
         return parse_response(body, api_key)
 
-    async def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
         parser = StreamParser(request, api_key)
-        events = sse_events(stream_body(self._http, f"{deployment.base_url}/chat/completions",
+        return relay(parser, sse_data(stream_body(self._http, f"{deployment.base_url}/chat/completions",
                                         build_request(request, deployment.model_id, stream=True),
-                                        _headers(_STREAM_HEADERS, api_key), api_key))
-        try:
-            async for _, data in events:
-                for item in parser.feed(data):
-                    yield item
-                if parser.done:
-                    break
-        finally:
-            await events.aclose()
-        yield parser.end()
+                                        _headers(_STREAM_HEADERS, api_key), api_key)))
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         return await probe_get(self._http, base_url, "/models", _headers({}, api_key))
