@@ -27,8 +27,8 @@ carries nats.micro's error headers (``Nats-Service-Error-Code: 400``); nothing i
 What is checked: a model is a served model name or an alias of config (an alias is stored
 as the model it names); ``set_primary`` needs an agent of ``agents.yaml``; a strategy
 override accepts any agent id, because agents that are not in ``agents.yaml`` route too; a
-strategy is one the engine implements (``core.routing.STRATEGIES``) or a named strategy of
-``routing.yaml``; a duration is above 0 and at most 30 days (none: until cleared); the table
+strategy is one the engine implements (``Policy.strategy_names``: a building block or a
+named strategy of ``routing.yaml``); a duration is above 0 and at most 30 days (none: until cleared); the table
 holds at most ``MAX_OVERRIDES`` entries.
 
 Every accepted change is published as ``routing_control`` (instance id, the change, reason,
@@ -55,7 +55,6 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from router_agent.config import Config
-from router_agent.core import routing
 from router_agent.core.overrides import RoutingOverrides
 from router_agent.outbox import Outbox
 from router_agent.registry import ProviderRegistry
@@ -149,7 +148,7 @@ class ControlService:
 
     def strategies(self) -> list[str]:
         """Every strategy name an override may use."""
-        return sorted(set(routing.STRATEGIES) | set(self.config.routing.strategies))
+        return self.config.policy.strategy_names()
 
     # ------------------------------------------------------------------ start / stop
 

@@ -71,7 +71,9 @@ class DeploymentStats:
 
     def used_share(self, now: float, rpm: int | None, tpm: int | None, tokens: int) -> float:
         """Share of the tighter per-minute limit this minute has used, counting ``tokens``
-        more (the request being routed); 0.0 when no limit is configured."""
+        more (the request being routed); 0.0 when no limit is configured. The definition:
+        ``routing.filter_candidates`` runs the same arithmetic inline (it is per candidate),
+        and the property tests hold the two to each other."""
         if now - self.window_start >= WINDOW_S:
             return 0.0 if tokens == 0 or tpm is None else tokens / tpm
         share = 0.0

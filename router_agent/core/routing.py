@@ -19,13 +19,8 @@ from dataclasses import dataclass
 from router_agent.core.breaker import Breaker
 from router_agent.core.model import Deployment, DeploymentKey
 from router_agent.core.observed import WINDOW_S, DeploymentStats
-from router_agent.core.policy import BUILDING_BLOCKS
 from router_agent.core.strategies import CAPACITY, Scale, Scored, latency_prior
 from signals import LlmRequest, Rejection
-
-STRATEGIES = BUILDING_BLOCKS
-"""Strategies the engine implements (routing.yaml's named strategies are built on them)."""
-
 
 ALL_MODELS = "all models"
 """Why a request's candidates are the whole default pool."""
