@@ -26,6 +26,7 @@ from typing import Any
 from router_agent.config import load_config
 from router_agent.core.breaker import Breaker
 from router_agent.core.engine import decide
+from router_agent.core.limiter import DeploymentLimiter
 from router_agent.core.model import Deployment
 from router_agent.core.observed import DeploymentStats
 from router_agent.core.policy import BUILDING_BLOCKS, build_policy
@@ -40,6 +41,7 @@ def registry(n: int, now: float) -> SimpleNamespace:
     rnd = random.Random(n)
     by_model: dict[str, list[Deployment]] = {}
     stats: dict[tuple[str, str], DeploymentStats] = {}
+    limiters: dict[tuple[str, str], DeploymentLimiter] = {}
     views: dict[str, ProviderView] = {}
     breakers: dict[tuple[str, str], Breaker] = {}
     for i in range(n):
@@ -53,13 +55,14 @@ def registry(n: int, now: float) -> SimpleNamespace:
             tokens_per_minute=1_000_000, tokens_per_second=None if cloud else 40.0,
         )
         by_model[dep.model] = [dep]
-        seen = stats[dep.key] = DeploymentStats(window_start=now - 5.0)
-        seen.started(now - 5.0, 300)
+        seen = stats[dep.key] = DeploymentStats()
+        seen.started()
         seen.succeeded(rnd.uniform(150, 900))
+        limiters[dep.key] = DeploymentLimiter.per_minute(dep.requests_per_minute, dep.tokens_per_minute, now - 5.0)
         views[provider] = ProviderView()
         breakers[dep.key] = Breaker()
     return SimpleNamespace(deployments_by_model=by_model, default_pool=list(by_model), views=views,
-                           stats=stats, breakers=breakers,
+                           stats=stats, breakers=breakers, limiters=limiters,
                            pool_deployments=[d for deps in by_model.values() for d in deps])
 
 

@@ -50,6 +50,7 @@ from router_agent.core.endpoints import endpoint_host, is_local
 from router_agent.core.engine import NOT_YET
 from router_agent.core.ledger import CostLedger
 from router_agent.http import Guard, HttpClient, policy_guard
+from router_agent.monitor import HealthMonitor
 from router_agent.outbox import Outbox
 from router_agent.providers.base import Adapter
 from router_agent.registry import ProviderRegistry
@@ -87,10 +88,12 @@ class RouterAgent:
         self.state = RouterState()
         self.tracing = tracing or Tracing(config.telemetry)
         self.ledger = CostLedger()
-        self.outbox = Outbox(nc, EventFactory(f"router-agent/{self.instance_id}"), self.subjects, self.state.metrics)
-        self.registry = ProviderRegistry(config, self.state, self.http, emulator_url, adapters)
+        self.outbox = Outbox(nc, EventFactory(f"router-agent/{self.instance_id}"), self.subjects, self.state.metrics,
+                             self.tracing)
+        self.registry = ProviderRegistry(config, self.state, self.http, emulator_url, adapters, clock)
         self.requests = RequestShell(config, self.state, self.registry, self.outbox, self.ledger, self.tracing, clock,
                                    rng)
+        self.monitor = HealthMonitor(self.settings, self.registry, self.outbox, clock, self.instance_id, self.spawn)
         self.control = Control(config, self.registry, self.outbox, self.state.metrics, self.spawn)
         self.control_service = ControlService(
             config, self.state, self.registry, self.outbox, self.subjects, self.instance_id, clock, self.state.metrics
@@ -151,13 +154,17 @@ class RouterAgent:
     async def start(self) -> None:
         """Load configured providers, subscribe, start the periodic reports."""
         for spec in self.config.policy.strategies.values():
-            for rule, on in (("parallel_requests", spec.hedge), ("cache_responses", spec.cache)):
-                if on:  # accepted for the layers to come, and said, never silently ignored
+            for rule, on in (("cache_responses", spec.cache),):
+                if on and rule in NOT_YET:  # accepted for the layers to come, and said, never silently ignored
                     log.warning("routing.strategies.%s: %s", spec.name, NOT_YET[rule])
         await self.registry.load_configured()
+        self._count_slow_consumer_drops()
         for route in self.routes():
             sub = await self.nc.subscribe(
-                route.subject, queue=route.queue, cb=callback(route, self.settings.max_payload_bytes, self.state.metrics)
+                route.subject, queue=route.queue,
+                cb=callback(route, self.settings.max_payload_bytes, self.state.metrics, self.tracing),
+                pending_msgs_limit=self.settings.pending_messages_limit,
+                pending_bytes_limit=self.settings.pending_bytes_limit,
             )
             self._subscriptions.append(sub)
             if route.subject == self.subjects.llm_request:
@@ -166,6 +173,13 @@ class RouterAgent:
         await sync_subscriptions(self.nc)
         self.liveness = Liveness.from_config(self.nc, self.config.nats)  # reconnects a deaf client
         self.spawn(self.liveness.run())  # cancelled with the other tasks in stop()
+        self.spawn(self.monitor.run())  # active health probes
+        state = self.state
+        self.tracing.observe(
+            in_flight=lambda: state.metrics.in_flight,
+            queue_depth=lambda: self.requests.queued + self.requests.waitroom.depth,
+            breaker_states=lambda: ((key, b.state) for key, b in state.circuit_breakers.items()),
+        )
         self.spawn(self._every(self.settings.metrics_interval_s, self.reports.publish_metrics))
         self.spawn(self._every(self.settings.cost_report_interval_s, self.reports.publish_cost_report))
 
@@ -217,6 +231,25 @@ class RouterAgent:
         finally:
             await self.http.close()
             self.tracing.shutdown()
+
+    def _count_slow_consumer_drops(self) -> None:
+        """nats-py reports a message dropped from a full pending buffer only to the
+        connection's error callback (``_error_cb``, set at connect): count it there. The
+        request handler never waits, so this only happens when the loop cannot keep up."""
+        previous = getattr(self.nc, "_error_cb", None)
+        if previous is None:  # the in-memory bus of the fast tests has none
+            return
+        metrics = self.state.metrics
+
+        async def on_error(exc: Exception) -> None:
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                metrics.slow_consumer_drops += 1
+                if metrics.slow_consumer_drops in (1, 10, 100, 1000) or metrics.slow_consumer_drops % 10_000 == 0:
+                    log.error("NATS dropped %d message(s): the router cannot keep up (slow consumer)",
+                              metrics.slow_consumer_drops)
+            await previous(exc)
+
+        self.nc._error_cb = on_error
 
     # ------------------------------------------------------------------ tasks
 

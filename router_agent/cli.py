@@ -22,7 +22,7 @@ import nats.errors
 import yaml
 
 import signals as sig
-from router_agent import control_cli
+from router_agent import control_cli, cost_cli
 from router_agent.bus import BusError, connect, sync_subscriptions
 from router_agent.config import ConfigError, NatsConfig, load_config
 
@@ -94,13 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
 
     control_cli.add_parser(sub, bus)  # router-agent control ping|info|stats|table|set-primary|...
+    cost_cli.add_parser(sub, bus)  # router-agent cost
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _run, "emulate": _emulate, "request": _request, "register": _register, "watch": _watch,
-               "control": lambda a: control_cli.run(a, _bus_url(a))}
+               "control": lambda a: control_cli.run(a, _bus_url(a)), "cost": lambda a: cost_cli.run(a, _bus_url(a))}
     try:
         return handler[args.command](args)
     except ConfigError as exc:

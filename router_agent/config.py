@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from router_agent.core.policy import Policy, PolicyError, build_policy
 from router_agent.settings import (  # noqa: F401 - re-exported: router_agent.config is where callers look
+    CacheConfig,
     CircuitBreakerConfig,
     EmbeddedNats,
     EmulationConfig,
@@ -68,6 +69,8 @@ class _Strict(BaseModel):
 class Price(_Strict):
     input: float = Field(0.0, ge=0, le=MAX_PRICE_PER_1K_TOKENS_USD)
     output: float = Field(0.0, ge=0, le=MAX_PRICE_PER_1K_TOKENS_USD)
+    cached_input: float = Field(0.0, ge=0, le=MAX_PRICE_PER_1K_TOKENS_USD)
+    """Input tokens read from the provider's prompt cache; 0: they cost ``input``."""
 
 
 class RateLimitConfig(_Strict):
@@ -109,6 +112,21 @@ class RoutingRule(_Strict):
     model: str
 
 
+class AgentCacheConfig(_Strict):
+    """An agent's opt-in to the response cache (``core/cache.py`` has the rules). The block
+    opts the agent in; without one, a strategy with ``cache_responses: true`` does."""
+
+    enabled: bool = True
+    """False: never cached, also under a strategy that caches."""
+    sampled: bool = False
+    """Also cache requests sampled at ``temperature > 0`` or with no temperature (a repeat
+    then gets the first draw again)."""
+    shared: bool = True
+    """Share answers to non-private requests with other agents that opted in (the key is
+    over what the model saw); false keeps every entry to this agent. Private requests are
+    never shared."""
+
+
 class AgentConfig(_Strict):
     name: str = ""
     description: str = ""
@@ -125,6 +143,9 @@ class AgentConfig(_Strict):
     ``require_local_for_pii``)."""
     local_only: bool = False
     """Only local models may serve this agent."""
+    cache: AgentCacheConfig | None = None
+    """The response cache for this agent's requests (``AgentCacheConfig``); none: the
+    strategy's ``cache_responses`` decides."""
 
 
 # --------------------------------------------------------------------------- routing.yaml

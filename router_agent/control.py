@@ -29,14 +29,9 @@ import msgspec
 
 from router_agent.config import Config
 from router_agent.core.endpoints import check_endpoint, endpoint_host, is_local
+from router_agent.keys import KeyProblem, check_key_text, read_key_file
 from router_agent.outbox import Outbox
-from router_agent.registry import (
-    KeyProblem,
-    ProviderRegistry,
-    build_deployment,
-    check_key_text,
-    read_key_file,
-)
+from router_agent.registry import ProviderRegistry, build_deployment
 from router_agent.routes import addressable_id, count_invalid
 from router_agent.state import Metrics, ProviderEntry
 from signals import (
@@ -318,6 +313,7 @@ class Control:
             if change.cost_per_1k_tokens is not None:
                 fields["price_in"] = change.cost_per_1k_tokens.input
                 fields["price_out"] = change.cost_per_1k_tokens.output
+                fields["price_cached_in"] = change.cost_per_1k_tokens.cached_input
             if change.rate_limits is not None:
                 fields["requests_per_minute"] = change.rate_limits.requests_per_minute
                 fields["tokens_per_minute"] = change.rate_limits.tokens_per_minute
@@ -348,7 +344,9 @@ class Control:
                 "unknown_provider", f"provider {health.provider!r} is not registered"
             ))
             return
-        self.registry.set_health(health.provider, health.status, health.detail)
+        if health.origin == "router":
+            return  # another instance's own evidence, announced for observers (monitor.py)
+        self.registry.report_health(health.provider, health.status, health.detail)
 
     async def reject_health(self, msg: Any, exc: SignalError) -> None:
         await self.outbox.router_error(msg.reply, RouterError(subject=msg.subject, error=_error_info(exc)))

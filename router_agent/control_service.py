@@ -16,6 +16,7 @@ answers each request:
 | ``force_model``                      | ``ControlForceModel``       | ``control_result`` |
 | ``clear``                            | ``ControlClear``            | ``control_result`` |
 | ``table``                            | ``ControlTable`` (``{}``)   | ``routing_table``  |
+| ``cost_report`` (``ledger_service``) | ``CostQuery`` (``{}``)      | ``cost_report``    |
 
 A body is the request's JSON object as it is (``nats req router_control.table '{}'``), or a
 CloudEvent carrying it (what ``signals.encode_event`` makes; its ``source`` then stands for
@@ -68,6 +69,7 @@ from signals import (
     ControlResult,
     ControlSetPrimary,
     ControlTable,
+    CostQuery,
     ErrorInfo,
     OverrideInfo,
     RouterError,
@@ -91,6 +93,7 @@ ENDPOINTS: dict[str, str] = {
     "force_model": "control_force_model",
     "clear": "control_clear",
     "table": "control_table",
+    "cost_report": "cost_query",
 }
 """Endpoint name -> the signal its body carries."""
 
@@ -100,6 +103,7 @@ _TYPES: dict[str, type[msgspec.Struct]] = {
     "control_force_model": ControlForceModel,
     "control_clear": ControlClear,
     "control_table": ControlTable,
+    "cost_query": CostQuery,
 }
 _BARE = {signal: msgspec.json.Decoder(cls) for signal, cls in _TYPES.items()}
 _KEY_FIELD = {"primary": "agent_id", "strategy": "agent_id", "forced": "task_id"}

@@ -40,11 +40,14 @@ log = logging.getLogger("router_agent")
 
 
 class Outbox:
-    def __init__(self, nc, events: EventFactory, subjects: Subjects, metrics: Metrics):
+    def __init__(self, nc, events: EventFactory, subjects: Subjects, metrics: Metrics, telemetry: Any = None):
         self.nc = nc
         self.events = events
         self.subjects = subjects
         self.metrics = metrics
+        self.telemetry = telemetry
+        self._traced = telemetry is not None and telemetry.traces_on
+        """A publish carrying a trace context gets a PRODUCER span (``telemetry.py``)."""
 
     def prepare_answer(self, response: LlmResponse) -> tuple[LlmResponse, bytes]:
         """Encode the answer; one too large for the bus becomes a small typed error answer.
@@ -65,6 +68,11 @@ class Outbox:
 
     async def send_answer(self, agent_id: str, payload: bytes, reply: str, traceparent: str | None) -> None:
         """The one terminal answer to an llm_request: to the reply and ``llm_response.<agent>``."""
+        if traceparent and self._traced:
+            if reply:
+                await self._send_traced(reply, "llm_response", payload, traceparent, temporary=True)
+            await self._send_traced(self.subjects.llm_response(agent_id), "llm_response", payload, traceparent)
+            return
         headers = {"traceparent": traceparent} if traceparent else None
         if reply:
             await self.send(reply, payload, headers)
@@ -85,7 +93,6 @@ class Outbox:
         await self.send(reply or self.subjects.router_error, self.events.encode("router_error", error), None)
 
     async def publish(self, subject: str, signal: str, data: object, traceparent: str | None = None) -> None:
-        headers = {"traceparent": traceparent} if traceparent else None
         payload = self.events.encode(signal, data)
         limit = self._limit()
         if len(payload) > limit:
@@ -95,7 +102,18 @@ class Outbox:
                 message=f"a {signal} of {len(payload)} bytes exceeds the bus limit of {limit}; it was not sent",
             )))
             return
-        await self.send(subject, payload, headers)
+        if traceparent and self._traced:
+            await self._send_traced(subject, signal, payload, traceparent)
+            return
+        await self.send(subject, payload, {"traceparent": traceparent} if traceparent else None)
+
+    async def _send_traced(self, subject: str, signal: str, payload: bytes, traceparent: str,
+                           temporary: bool = False) -> None:
+        span, headers = self.telemetry.producer_start(signal, subject, len(payload), traceparent, temporary)
+        try:
+            await self.send(subject, payload, headers)
+        finally:
+            span.end()
 
     def _limit(self) -> int:
         # The server's max_payload as the connection learned it; headers travel apart from it.

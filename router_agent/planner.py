@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from router_agent.config import Config
 from router_agent.core.engine import decide
@@ -60,10 +61,10 @@ class Planner:
         if self.publishing:
             await asyncio.wait(set(self.publishing), timeout=5)
 
-    async def plan(self, request: LlmRequest, traceparent: str | None,
-                   active: ActiveRequest) -> tuple[list[Deployment], str, Deployment | None]:
+    async def plan(self, request: LlmRequest, traceparent: str | None, active: ActiveRequest) -> Planned:
         """Plan with the engine and publish the routing_decision; return the deployments to
-        try in order, why there are none (when so), and the verifier the plan asks for.
+        try in order, why there are none (when so), the verifier the plan asks for, and
+        whether to hedge.
 
         Kept apart from the call so the plan's objects are freed before the long wait on
         the provider."""
@@ -75,9 +76,14 @@ class Planner:
             cursor=lb.cursor, limit=self.settings.max_attempts,
         )
         lb.cursor += 1
-        ordered = plan.ordered[: self.settings.max_attempts]
+        ranked = plan.ordered
+        if any(c.rate_share >= 1.0 for c in ranked):
+            # Rate limited now: tried (waited for) only after every candidate that can go now.
+            ranked = [c for c in ranked if c.rate_share < 1.0] + [c for c in ranked if c.rate_share >= 1.0]
+        ordered = ranked[: self.settings.max_attempts]
         chosen = ordered[0] if ordered else None
         active.tokens = plan.tokens
+        active.input_tokens = plan.input_tokens
         metrics = self.state.metrics
         metrics.decisions_by_strategy[plan.strategy] = metrics.decisions_by_strategy.get(plan.strategy, 0) + 1
         if plan.privacy_constraint == "privacy":
@@ -114,7 +120,17 @@ class Planner:
         else:
             await self.outbox.publish(subject, "routing_decision", decision, traceparent)
         verifier = plan.verify_with.dep if plan.verify_with is not None else None
-        return [c.dep for c in ordered], plan.reason, verifier
+        return Planned([c.dep for c in ordered], plan.reason, verifier, plan.hedge)
+
+
+@dataclass(slots=True)
+class Planned:
+    """What the request shell needs of a plan."""
+
+    ordered: list[Deployment]
+    reason: str
+    verifier: Deployment | None
+    hedge: bool
 
 
 def _candidate(c: Scored) -> Candidate:

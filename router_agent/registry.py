@@ -17,22 +17,25 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
-import stat
-from collections.abc import Mapping
-from pathlib import Path
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from router_agent.config import Config, ProviderConfig
-from router_agent.core.breaker import Admission, Breaker
+from router_agent.core.breaker import (
+    new_breaker,
+)
 from router_agent.core.endpoints import endpoint_host, endpoint_origin
+from router_agent.core.health import HealthState, ProviderHealth
+from router_agent.core.limiter import DeploymentLimiter
 from router_agent.core.model import Deployment
 from router_agent.core.observed import DeploymentStats
 from router_agent.core.routing import ProviderView
 from router_agent.http import HttpClient
+from router_agent.keys import read_key
 from router_agent.providers import ADAPTERS
 from router_agent.providers.base import Adapter
-from router_agent.state import ProviderEntry, ProviderState, RateLimiter, RouterState, SecretStore
+from router_agent.state import ProviderEntry, ProviderState, RouterState, SecretStore
 from signals import ProviderStats
 
 log = logging.getLogger("router_agent")
@@ -77,76 +80,13 @@ def build_deployment(
         capabilities=frozenset(spec.capabilities),
         price_in=spec.cost_per_1k_tokens.input,
         price_out=spec.cost_per_1k_tokens.output,
+        price_cached_in=spec.cost_per_1k_tokens.cached_input,
         context_window=spec.context_window,
         requests_per_minute=spec.rate_limits.requests_per_minute,
         tokens_per_minute=spec.rate_limits.tokens_per_minute,
         tokens_per_second=(getattr(spec, "performance", None) or {}).get("tokens_per_second"),
         enabled=enabled,
     )
-
-
-MAX_KEY_LENGTH = 4096
-"""Longest API key accepted (vendors' keys are ~50-200 characters)."""
-
-
-class KeyProblem(ValueError):
-    """A key reference that cannot be used. The message says why and never holds the key."""
-
-
-def check_key_text(value: str) -> str:
-    """The key ``value`` holds: one line of printable ASCII (it becomes an HTTP header),
-    surrounding whitespace removed; else ``KeyProblem``."""
-    key = value.strip()
-    if not key:
-        raise KeyProblem("is empty")
-    if len(key) > MAX_KEY_LENGTH:
-        raise KeyProblem(f"is longer than {MAX_KEY_LENGTH} characters")
-    if not (key.isascii() and key.isprintable()):
-        raise KeyProblem("must hold one line of printable ASCII (the key), nothing else")
-    return key
-
-
-def read_key_file(path: str | Path) -> str:
-    """The key in a regular file of one line; ``KeyProblem`` otherwise. Reads at most a few KB
-    and never blocks on a FIFO or device (``/proc/self/fd/0``, ``/dev/stdin``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except OSError as exc:
-        raise KeyProblem(f"cannot be read ({exc.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KeyProblem("is not a regular file")
-        data = b""
-        while len(data) <= MAX_KEY_LENGTH + 2:
-            chunk = os.read(fd, MAX_KEY_LENGTH + 3 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as exc:
-        raise KeyProblem(f"cannot be read ({exc.strerror})") from None
-    finally:
-        os.close(fd)
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise KeyProblem("must hold one line of printable ASCII (the key), nothing else") from None
-    return check_key_text(text)
-
-
-def read_key(env_name: str | None, file_name: str | None, *, quiet: bool = False) -> str | None:
-    """A configured provider's key, or None when there is none or it is unusable (then the
-    provider counts as keyless, and is emulated or disabled, rather than failing every call)."""
-    try:
-        if env_name:
-            value = os.environ.get(env_name)
-            if value:
-                return check_key_text(value)
-        if file_name:
-            return read_key_file(file_name)
-    except KeyProblem as exc:
-        if not quiet:
-            log.warning("the key in %s %s", f"${env_name}" if env_name else file_name, exc)
-    return None
 
 
 class ProviderRegistry:
@@ -157,8 +97,10 @@ class ProviderRegistry:
         http: HttpClient,
         emulator_url: str | None = None,
         adapters: Mapping[str, Adapter] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
+        self.clock = clock
         self.settings = config.router
         self.state = state
         self.emulator_url = emulator_url.rstrip("/") if emulator_url else None
@@ -180,7 +122,16 @@ class ProviderRegistry:
         """Hosts of runtime providers trusted as local: every connection must stay local."""
         self.views: dict[str, ProviderView] = {}
         self.stats = state.deployment_stats
-        """What each deployment has shown (latency, errors, load, rate): routing reads it."""
+        """What each deployment has shown (latency, errors, load): routing reads it."""
+        self.limiters = state.rate_limiters
+        """Rate limiters of the deployments that are limited (configured, or blocked by a
+        provider's Retry-After): routing and the attempt chain read them."""
+        self.provider_breakers = state.provider_breakers
+        self.health: dict[str, ProviderHealth] = {}
+        self.on_circuit_change: Callable[[Deployment, tuple[str, str], tuple[str, str]], None] | None = None
+        """Told of every breaker state change (the agent publishes it on ``provider_health``)."""
+        self.on_health_change: Callable[[str, str, str], None] | None = None
+        """Told of every provider health change (likewise)."""
 
     # ------------------------------------------------------------------ reading
 
@@ -326,32 +277,61 @@ class ProviderRegistry:
         if previous is not None:
             for model in previous.models.keys() - entry.models.keys():
                 self.state.circuit_breakers.pop((name, model), None)
-                self.state.rate_limiters.pop((name, model), None)
+                self.limiters.pop((name, model), None)
                 self.stats.pop((name, model), None)
         self.secrets.set(name, key)
         self.state.providers[name] = entry
         self.state.provider_states.setdefault(name, ProviderState())
-        cb = self.settings.circuit_breaker
+        now = self.clock()
+        self.health.setdefault(name, ProviderHealth(now, probe_interval_s=self.settings.health.probe_interval_s))
+        self.provider_breakers.setdefault(name, new_breaker(self.settings.circuit_breaker))
         for deployment in entry.models.values():
-            self.state.circuit_breakers.setdefault(
-                deployment.key, Breaker(threshold=cb.failure_threshold, cooldown_s=cb.cooldown_s)
-            )
-            self.stats.setdefault(deployment.key, DeploymentStats())
-            self.state.rate_limiters[deployment.key] = RateLimiter(
-                requests_per_minute=deployment.requests_per_minute,
-                tokens_per_minute=deployment.tokens_per_minute,
-            )
+            dkey = deployment.key
+            self.state.circuit_breakers.setdefault(dkey, new_breaker(self.settings.circuit_breaker))
+            self.stats.setdefault(dkey, DeploymentStats())
+            rpm, tpm = deployment.requests_per_minute, deployment.tokens_per_minute
+            limiter = self.limiters.get(dkey)
+            if limiter is not None:
+                limiter.reconfigure(rpm, tpm, now)  # what was used this minute carries over
+            elif rpm or tpm:
+                self.limiters[dkey] = DeploymentLimiter.per_minute(rpm, tpm, now)
         self._rebuild()
 
     def reset_state(self, name: str) -> None:
         """A provider registered anew starts with fresh run-time state."""
         self.state.provider_states.pop(name, None)
+        self.health.pop(name, None)
+        self.provider_breakers.pop(name, None)
 
-    def set_health(self, name: str, status: str, detail: str) -> None:
+    # ------------------------------------------------------------------ health
+
+    def report_health(self, name: str, status: HealthState, detail: str) -> None:
+        """A ``provider_health`` report from outside: it holds until fresher own evidence."""
+        self.health[name].process_report(self.clock(), status, detail)
+        self.sync_health(name)
+
+    def probe_result(self, name: str, ok: bool, detail: str) -> None:
+        health = self.health.get(name)
+        if health is not None:  # the provider may have gone meanwhile
+            health.process_probe(self.clock(), ok, detail)
+            self.sync_health(name)
+
+    def sync_health(self, name: str) -> None:
+        """Copy the provider's health machine into the state and the routing view; announce
+        a change."""
+        health = self.health[name]
         state = self.state.provider_states[name]
-        state.health = status  # type: ignore[assignment]  # validated by the signal's type
-        state.health_detail = detail[:500]
-        self.views[name].health = status
+        state.uptime = round(health.uptime(self.clock()), 6)
+        if health.last_error:
+            state.last_error = health.last_error
+        before = state.health
+        if health.state == before:
+            return
+        state.health = health.state
+        state.health_detail = health.detail[:500]
+        self.views[name].health = health.state
+        if self.on_health_change is not None:
+            self.on_health_change(name, before, health.state)
 
     def _rebuild(self) -> None:
         """Derive the routing view from the state after any provider change."""
@@ -378,41 +358,3 @@ class ProviderRegistry:
         self.views = views
         self.state.model_capabilities = {m: sorted(c) for m, c in capabilities.items()}
         self.state.load_balancing.weights = {n: e.weight for n, e in self.state.providers.items()}
-
-    # ------------------------------------------------------------------ outcomes of attempts
-
-    def attempt_started(self, deployment: Deployment, now: float, tokens: int) -> None:
-        self.state.provider_states[deployment.provider].in_flight += 1
-        self.stats[deployment.key].started(now, tokens)
-
-    def record_success(
-        self, deployment: Deployment, admission: Admission, latency_ms: float,
-        tokens_in: int, tokens_out: int, cost: float,
-    ) -> None:
-        self.state.circuit_breakers[deployment.key].process_success(admission)
-        p = self._finished(deployment, latency_ms)
-        p.successes += 1
-        p.input_tokens += tokens_in
-        p.output_tokens += tokens_out
-        p.cost_usd += cost
-        self.stats[deployment.key].succeeded(latency_ms)
-
-    def record_failure(self, deployment: Deployment, admission: Admission, latency_ms: float, now: float) -> None:
-        """A failure the provider is responsible for: counted, and the breaker learns of it."""
-        self.state.circuit_breakers[deployment.key].process_failure(admission, now)
-        self._finished(deployment, latency_ms).failures += 1
-        self.stats[deployment.key].failed()
-
-    def record_abandon(self, deployment: Deployment, admission: Admission) -> None:
-        """The attempt ended for a reason that is not the provider's: nothing is counted."""
-        self.state.circuit_breakers[deployment.key].process_abandon(admission)
-        self.state.provider_states[deployment.provider].in_flight -= 1
-        self.stats[deployment.key].abandoned()
-
-    def _finished(self, deployment: Deployment, latency_ms: float) -> ProviderState:
-        p = self.state.provider_states[deployment.provider]
-        p.in_flight -= 1
-        p.requests += 1
-        p.latency_ms_total += latency_ms
-        self.state.metrics.requests_by_provider[deployment.provider] = p.requests
-        return p

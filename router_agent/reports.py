@@ -8,7 +8,8 @@ and ``metrics.error_rates`` (the snapshot's copy of what it publishes).
 from __future__ import annotations
 
 from router_agent.config import RouterSettings
-from router_agent.core.ledger import CostLedger, rounded
+from router_agent.core.ledger import CostLedger
+from router_agent.ledger_service import LedgerService
 from router_agent.outbox import Outbox
 from router_agent.registry import ProviderRegistry
 from router_agent.state import RouterState
@@ -21,7 +22,7 @@ class Reports:
         settings: RouterSettings,
         state: RouterState,
         registry: ProviderRegistry,
-        ledger: CostLedger,
+        ledger: CostLedger | LedgerService,
         outbox: Outbox,
         instance_id: str,
         started_at: str,
@@ -47,15 +48,9 @@ class Reports:
             )
 
     def cost_report(self) -> CostReport:
-        by = self.ledger.by
-        return CostReport(
-            instance_id=self.instance_id,
-            since=self.started_at,
-            total=rounded(self.ledger.total),
-            by_agent={k: rounded(v) for k, v in by["agent"].items()},
-            by_model={k: rounded(v) for k, v in by["model"].items()},
-            by_provider={k: rounded(v) for k, v in by["provider"].items()},
-        )
+        """The ledger's figures: the shared ledger's (``LedgerService.report``: every instance,
+        budgets, projection) or, before it is wired in, this process's ``CostLedger``."""
+        return self.ledger.report(self.instance_id, self.started_at)
 
     async def publish_cost_report(self) -> None:
         if self.outbox.nc.is_connected:

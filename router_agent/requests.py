@@ -5,19 +5,24 @@ provider outcomes go through the registry, spend through the ledger.
 
 Theory of operation
 -------------------
-The subscription's callback (``on_request``) only admits: it counts the request, waits for
-a concurrency slot (at the bound the subscription waits and NATS buffers) and starts a
-task. The task (``serve``) follows a ``RequestLifecycle`` (routing -> attempting ->
-answered) and ends in exactly one answer, because:
+The subscription's callback (``on_request``) only admits, and never waits: nats-py runs a
+subscription's callbacks one at a time, so a callback that waited would leave requests in
+NATS's pending buffer, where the server drops them as a slow consumer without telling
+anyone. The callback counts the request and starts a task, unless the router already holds
+``max_concurrent_requests + max_queued_requests`` of them: then the request is answered
+``overloaded`` at once, with a retry-after hint (backpressure the caller can see).
+
+The task (``serve``) takes one of ``max_concurrent_requests`` slots (waiting in the queue,
+within the request's deadline, when none is free), then follows a ``RequestLifecycle``
+(routing -> attempting -> answered) and ends in exactly one answer, because:
 
 - the request's deadline bounds provider work only; the answer is built inside that
   scope and published after it has closed, so a slow publish can never turn an ``ok``
   into a second ``timeout``;
-- each attempt has its own timeout, the provider's ``timeout_ms`` capped by what is left
-  of the deadline. When the provider's own timeout fires, that is the provider's failure
-  (counted, the breaker learns, the chain moves on); when the caller's deadline runs out
-  first, or a shutdown cancels the task, the attempt is abandoned (not counted against the
-  provider) and the caller is answered ``timeout`` / ``shutting_down``;
+- the attempt chain (``chain.py``: retries, fallbacks, hedges, rate waits) returns how it
+  ended and never answers; when the caller's deadline runs out, or a shutdown cancels the
+  task, the attempt is abandoned (not counted against the provider) and the caller is
+  answered ``timeout`` / ``shutting_down``;
 - ``RequestLifecycle.process_answer`` raises on a second answer, so a bug that tried to
   answer twice is loud, and the metrics are counted in the one place that answers.
 
@@ -38,20 +43,24 @@ from typing import Any
 
 import msgspec
 
+from router_agent.chain import AttemptChain
+from router_agent.chainrun import ChainRun
 from router_agent.config import Config
-from router_agent.core.breaker import Admission
 from router_agent.core.cost import cost_usd
 from router_agent.core.ledger import CostLedger
 from router_agent.core.lifecycle import RequestLifecycle
 from router_agent.core.model import Deployment
 from router_agent.core.redact import redact
+from router_agent.core.retry import RetryBudget, RetryPolicy
 from router_agent.outbox import Outbox, invalid_request_answer
+from router_agent.outcomes import Outcomes
 from router_agent.planner import Planner, utc_day
-from router_agent.providers.base import ProviderError, estimated_usage
+from router_agent.providers.base import estimated_usage
 from router_agent.registry import ProviderRegistry
 from router_agent.state import ActiveRequest, RouterState
 from router_agent.streaming import VERIFIED_NOT_STREAMED, StreamRelay, cut_answer
 from router_agent.telemetry import Tracing
+from router_agent.waitroom import WaitRoom
 from signals import (
     AssistantMessage,
     Attempt,
@@ -97,6 +106,19 @@ class RequestShell:
         self.clock = clock
         self.tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_requests)
+        self._admit_limit = self.settings.max_concurrent_requests + self.settings.max_queued_requests
+        self.waitroom = WaitRoom(self.settings.rate_wait.max_waiting, clock)
+        rng = self.planner.rng
+        retry = self.settings.retry
+        self.outcomes = Outcomes(registry, clock)
+        self.chain = AttemptChain(
+            self.settings, registry, self.outcomes, self._charge, self.waitroom, clock, rng,
+            RetryPolicy(initial_s=retry.initial_s, max_s=retry.max_s, multiplier=retry.multiplier,
+                        max_retries=retry.max_retries, min_attempt_s=retry.min_attempt_s),
+            lambda: RetryBudget(ratio=retry.budget_ratio, min_retries_per_s=retry.budget_min_per_s,
+                                window_s=retry.budget_window_s),
+            tracing,
+        )
         self.refusing = False
         """Set when the shutdown grace period is over: requests still buffered are refused."""
 
@@ -112,18 +134,31 @@ class RequestShell:
         if self.refusing:
             await self._refuse_stopping(request, msg.reply, traceparent, life)
             return
-        await self._slots.acquire()
-        if self.refusing:  # the grace period ended while this request waited for a slot
-            self._slots.release()
-            await self._refuse_stopping(request, msg.reply, traceparent, life)
+        if len(self.tasks) >= self._admit_limit:
+            await self._shed(request, msg.reply, traceparent, life)
             return
         task = asyncio.create_task(self.serve(request, msg.reply, traceparent, life))
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
+    @property
+    def queued(self) -> int:
+        """Requests admitted and waiting for a slot (a metric: the queue depth)."""
+        return max(0, len(self.tasks) - self.settings.max_concurrent_requests)
+
+    async def _shed(self, request: LlmRequest, reply: str, traceparent: str | None, life: RequestLifecycle) -> None:
+        """In flight and queue both full: answered at once, never held in memory or left to
+        NATS to drop. The hint is the time a slot takes to free, on average."""
+        self.state.metrics.shed += 1
+        response = _error(request, "overloaded",
+                          f"router is at capacity ({self.settings.max_concurrent_requests} in flight, "
+                          f"{self.settings.max_queued_requests} queued)", True, [])
+        assert response.error is not None
+        response.error.retry_after_ms = self.outcomes.typical_latency_ms()
+        await self._finish(request, response, reply, traceparent, life)
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             # serve() contains everything up to the answer; this is a bug in answering itself.
             log.error("request task failed while answering", exc_info=task.exception())
@@ -158,8 +193,14 @@ class RequestShell:
         response: LlmResponse | None = None
         relay = StreamRelay.for_request(self.outbox, request, reply, self.settings.stream_coalesce_ms,
                                         self.clock) if request.stream else None
+        slot = False
         try:
-            response = await self._route_and_call(request, traceparent, started, active, attempts, life, relay)
+            slot = await self._take_slot(request, started)
+            if slot:
+                response = await self._route_and_call(request, traceparent, started, active, attempts, life, relay)
+            else:
+                response = _error(request, "timeout", "the deadline passed while the request waited for a slot "
+                                  f"({self.settings.max_concurrent_requests} in flight)", True, attempts)
         except asyncio.CancelledError:
             response = _error(request, "shutting_down", "router stopped before the provider answered", True, attempts)
             if relay is not None and relay.committed:
@@ -172,6 +213,8 @@ class RequestShell:
             self.state.metrics.internal_errors += 1
             response = _error(request, "internal", "internal router error", True, attempts)
         finally:
+            if slot:
+                self._slots.release()
             del active_requests[key]
             if span is not None:
                 self.tracing.end(span, {
@@ -181,7 +224,23 @@ class RequestShell:
                     "router.model": active.model,
                     "router.attempts": len(attempts),
                 })
+        if not response.latency_ms:  # errors too say how long the caller waited
+            response.latency_ms = round((self.clock() - started) * 1000, 3)
         await self._finish(request, response, reply, traceparent, life, relay)
+
+    async def _take_slot(self, request: LlmRequest, started: float) -> bool:
+        """A concurrency slot, waiting for one while the request's deadline allows."""
+        slots = self._slots
+        if not slots.locked():
+            await slots.acquire()  # free: returns without yielding
+            return True
+        timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
+        try:
+            async with asyncio.timeout(max(0.0, started + timeout_ms / 1000 - self.clock())):
+                await slots.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     async def _finish(self, request: LlmRequest, response: LlmResponse, reply: str, traceparent: str | None,
                       life: RequestLifecycle, relay: StreamRelay | None = None) -> None:
@@ -198,6 +257,14 @@ class RequestShell:
             metrics.failed += 1
             code = response.error.code
             metrics.errors_by_code[code] = metrics.errors_by_code.get(code, 0) + 1
+        if self.tracing.enabled:
+            usage = response.usage
+            first = response.streamed.first_chunk_ms / 1000 if response.streamed is not None else None
+            self.tracing.request_done(
+                request.agent_id, response.provider or "", response.model or "", response.status,
+                response.latency_ms / 1000, first, usage.input_tokens if usage else 0,
+                usage.output_tokens if usage else 0, response.cost_usd, response.cached,
+                response.error.code if response.error else None)
         await self.outbox.send_answer(request.agent_id, payload, reply, traceparent)
 
     async def _verify(self, request: LlmRequest, draft: LlmResponse, verifier: Deployment, deadline: float,
@@ -213,7 +280,7 @@ class RequestShell:
             ChatMessage(role="user", content=VERIFY_PROMPT),
         ])
         timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
-        checked = await self._attempt_chain(check, [verifier], deadline, timeout_ms, started, active, attempts, life)
+        checked = await self._chain(check, [verifier], deadline, timeout_ms, started, active, attempts, life)
         draft_info = Verification(status="failed", draft_model=draft.model, draft_provider=draft.provider,
                                   verifier_model=verifier.model, verifier_provider=verifier.provider)
         if checked.error is not None:
@@ -236,23 +303,24 @@ class RequestShell:
         life: RequestLifecycle,
         relay: StreamRelay | None,
     ) -> LlmResponse:
-        ordered, no_candidates_reason, verifier = await self.planner.plan(request, traceparent, active)
-        if not ordered:
-            return _error(request, "no_candidates", no_candidates_reason, False, attempts)
+        planned = await self.planner.plan(request, traceparent, active)
+        if not planned.ordered:
+            return _error(request, "no_candidates", planned.reason, False, attempts)
         life.process_plan()
         timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
         deadline = started + timeout_ms / 1000
+        verifier = planned.verifier
         if relay is not None and verifier is not None:
             relay.declined, relay = True, None  # the verifier's answer replaces the draft: nothing to stream
-        response = await self._attempt_chain(request, ordered, deadline, timeout_ms, started, active, attempts, life,
-                                             relay)
-        if verifier is not None and response.error is None and response.model == ordered[0].model:
+        response = await self._chain(request, planned.ordered, deadline, timeout_ms, started, active, attempts, life,
+                                     relay, planned.hedge, traceparent)
+        if verifier is not None and response.error is None and response.model == planned.ordered[0].model:
             response = await self._verify(request, response, verifier, deadline, started, active, attempts, life)
         if request.stream and verifier is not None:
             response.warnings.append(VERIFIED_NOT_STREAMED)
         return response
 
-    async def _attempt_chain(
+    async def _chain(
         self,
         request: LlmRequest,
         ordered: list[Deployment],
@@ -263,86 +331,16 @@ class RequestShell:
         attempts: list[Attempt],
         life: RequestLifecycle,
         relay: StreamRelay | None = None,
+        hedge: bool = False,
+        traceparent: str | None = None,
     ) -> LlmResponse:
-        """Try ``ordered`` in turn within the deadline; the first success answers. With a
-        ``relay`` each attempt streams; once one has sent a chunk, no other is tried."""
-        registry = self.registry
-        breakers = self.state.circuit_breakers
-        last_error: ProviderError | None = None
-        for dep in ordered:
-            now = self.clock()
-            remaining = deadline - now
-            if remaining <= 0:
-                break
-            admission = breakers[dep.key].process_attempt(now)
-            if admission == "refused":
-                attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="skipped",
-                                        error=ErrorInfo(code="provider_error", message="circuit open", retryable=True)))
-                continue
-            life.process_attempt()
-            provider_budget = registry.timeout_s(dep.provider)
-            active.provider = dep.provider
-            active.model = dep.model
-            registry.attempt_started(dep, now, active.tokens)
-            scope = asyncio.timeout(min(provider_budget, remaining))
-            try:
-                async with scope:
-                    if relay is None:
-                        completion = await registry.adapter(dep).complete(
-                            request, dep, registry.secrets.get(dep.provider)
-                        )
-                    else:
-                        relay.deployment = dep
-                        completion = await relay.attempt(
-                            registry.adapter(dep).stream(request, dep, registry.secrets.get(dep.provider)),
-                            scope, deadline,
-                        )
-            except ProviderError as exc:
-                latency = (self.clock() - now) * 1000
-                registry.record_failure(dep, admission, latency, self.clock())
-                attempts.append(Attempt(
-                    provider=dep.provider, model=dep.model, outcome="error", latency_ms=round(latency, 3),
-                    # Upstream text may echo a key: none that the agent knows, nor any key-shaped string, leaves.
-                    error=ErrorInfo(code=exc.code, message=redact(exc.message, registry.secrets.known()),
-                                    retryable=exc.retryable),
-                ))
-                last_error = exc
-                # The request's own fault (another provider would fail it too), or content sent.
-                if not exc.fallback or (relay is not None and relay.committed):
-                    break
-                continue
-            except TimeoutError:
-                if not scope.expired():  # not our deadline: a bug below, contained by serve()
-                    _close_broken_attempt(registry, dep, admission, attempts, self.clock() - now)
-                    raise
-                latency = (self.clock() - now) * 1000
-                if provider_budget < remaining and (relay is None or not relay.committed):
-                    # The provider's own timeout: its failure; the chain moves on. (A stream's
-                    # first chunk moves its bound to the request's deadline.)
-                    registry.record_failure(dep, admission, latency, self.clock())
-                    attempts.append(Attempt(
-                        provider=dep.provider, model=dep.model, outcome="timeout", latency_ms=round(latency, 3),
-                        error=ErrorInfo(code="timeout", retryable=True,
-                                        message=f"provider did not answer within its {provider_budget * 1000:.0f} ms"),
-                    ))
-                    continue
-                # The caller's deadline: not the provider's fault.
-                registry.record_abandon(dep, admission)
-                attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="timeout",
-                                        latency_ms=round(latency, 3)))
-                break
-            except asyncio.CancelledError:
-                registry.record_abandon(dep, admission)  # shutdown: not the provider's fault
-                attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="timeout",
-                                        latency_ms=round((self.clock() - now) * 1000, 3)))
-                raise
-            except Exception:
-                _close_broken_attempt(registry, dep, admission, attempts, self.clock() - now)
-                raise
-            latency = (self.clock() - now) * 1000
-            cost = self._charge(request, dep, completion.input_tokens, completion.output_tokens)
-            registry.record_success(dep, admission, latency, completion.input_tokens, completion.output_tokens, cost)
-            attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="ok", latency_ms=round(latency, 3)))
+        """Walk ``ordered`` (``chain.py``: retries, fallbacks, hedges) and say how it ended."""
+        first = len(attempts)
+        run = ChainRun(request, ordered, deadline, active, attempts, life, relay, hedge, traceparent)
+        outcome = await self.chain.run(run)
+        if outcome is not None and outcome.completion is not None:
+            dep, completion = outcome.dep, outcome.completion
+            cost = sum(a.cost_usd for a in attempts[first:])  # a lost hedge's input is billed too
             return LlmResponse(
                 request_id=request.request_id,
                 agent_id=request.agent_id,
@@ -357,16 +355,30 @@ class RequestShell:
                 latency_ms=round((self.clock() - started) * 1000, 3),
                 attempts=attempts,
             )
-
         if relay is not None and relay.committed:
             return self._cut(request, relay, attempts)
         if self.clock() >= deadline:
             return _error(request, "timeout", f"no answer within {timeout_ms} ms", True, attempts)
+        last_error = run.last_error
+        known = self.registry.secrets.known()
         if last_error is not None and not last_error.fallback:
-            return _error(request, last_error.code, redact(last_error.message, registry.secrets.known()), False, attempts)
+            return _error(request, last_error.code, redact(last_error.message, known), False, attempts)
+        if run.rate_wait_s > 0:
+            response = _error(request, "rate_limited", "rate limits leave no candidate within the deadline: it "
+                              f"would have needed to wait {run.rate_wait_s * 1000:.0f} ms", True, attempts)
+            assert response.error is not None
+            response.error.retry_after_ms = round(run.rate_wait_s * 1000, 1)
+            return response
+        if not any(a.outcome != "skipped" for a in attempts):
+            if run.budget_refusal:
+                return _error(request, "budget_exceeded", run.budget_refusal, False, attempts)
+            if run.too_large:
+                return _error(request, "rate_limited", "the request needs more tokens than the tokens-per-minute "
+                              "limit of every candidate allows", False, attempts)
         return _error(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
 
-    def _charge(self, request: LlmRequest, dep: Deployment, tokens_in: int, tokens_out: int) -> float:
+    def _charge(self, request: LlmRequest, dep: Deployment, tokens_in: int, tokens_out: int,
+                cached_in: int = 0) -> float:
         """Price tokens a deployment produced and book them in the ledger; the cost."""
         cost = cost_usd(tokens_in, tokens_out, dep.price_in, dep.price_out)
         self.ledger.charge(request.agent_id, dep.model, dep.provider, tokens_in, tokens_out, cost,
@@ -383,15 +395,6 @@ class RequestShell:
         usage = estimated_usage(request, relay.chars)
         cost = self._charge(request, dep, usage.input_tokens, usage.output_tokens)
         return cut_answer(relay, attempts, usage, cost, self.state.providers[dep.provider].emulated, stopped)
-
-
-def _close_broken_attempt(registry: ProviderRegistry, dep: Deployment, admission: Admission,
-                          attempts: list[Attempt], elapsed_s: float) -> None:
-    """An adapter raised what it must not (a bug): give the admission back, say so in the
-    attempts, and let serve() answer ``internal``. Not counted against the provider."""
-    registry.record_abandon(dep, admission)
-    attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="error", latency_ms=round(elapsed_s * 1000, 3),
-                            error=ErrorInfo(code="internal", message="internal router error")))
 
 
 def _sum_usage(a: Usage, b: Usage) -> Usage:

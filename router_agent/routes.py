@@ -38,9 +38,13 @@ class Route:
     """Queue group: one instance takes each message. Empty: every instance hears it."""
 
 
-def callback(route: Route, max_payload: int, metrics: Metrics) -> Callable[[Any], Awaitable[None]]:
-    """The nats-py callback for ``route``: decode, dispatch, answer bad input, contain bugs."""
+def callback(route: Route, max_payload: int, metrics: Metrics, telemetry: Any = None) -> Callable[[Any], Awaitable[None]]:
+    """The nats-py callback for ``route``: decode, dispatch, answer bad input, contain bugs.
+    With tracing on (``telemetry.Telemetry``), each message gets a CONSUMER span."""
     signal, handle, reject = route.signal, route.handle, route.reject
+    traced = telemetry is not None and telemetry.traces_on
+    if traced:
+        reject = telemetry.rejecting(reject)
 
     async def deliver(msg: Any) -> None:
         try:
@@ -61,7 +65,7 @@ def callback(route: Route, max_payload: int, metrics: Metrics) -> Callable[[Any]
             metrics.internal_errors += 1
             await _contained(reject, msg, SignalError("internal", "internal router error"), metrics)
 
-    return deliver
+    return telemetry.consuming(signal, route.subject, route.queue, deliver) if traced else deliver
 
 
 def addressable_id(value: Any, limit: int = 128) -> str:

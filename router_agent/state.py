@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_serializer, field_validator
 
 from router_agent.core.breaker import Breaker
+from router_agent.core.limiter import DeploymentLimiter
 from router_agent.core.model import Deployment
 from router_agent.core.observed import DeploymentStats
 from router_agent.core.overrides import RoutingOverrides
@@ -52,6 +53,11 @@ class ProviderState:
 
     health: Literal["healthy", "degraded", "unhealthy"] = "healthy"
     health_detail: str = ""
+    last_error: str = ""
+    last_error_at: str = ""
+    """Wall-clock time (ISO 8601) of the last failure counted against the provider."""
+    uptime: float = 1.0
+    """Share of the time since the router first saw it that the provider was not unhealthy."""
     in_flight: int = 0
     requests: int = 0
     """Attempts the provider answered or failed; abandoned ones (the caller's deadline,
@@ -62,6 +68,8 @@ class ProviderState:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    """Failed attempts by error class, those that do not count against it included."""
 
 
 @dataclass(slots=True)
@@ -75,7 +83,9 @@ class ActiveRequest:
     provider: str = ""
     model: str = ""
     tokens: int = 0
-    """Estimated tokens (prompt and completion), counted in each attempt's rate window."""
+    """Estimated tokens (prompt and completion), taken from each attempt's rate limiter."""
+    input_tokens: int = 0
+    """Estimated prompt tokens."""
 
 
 @dataclass(slots=True)
@@ -104,6 +114,16 @@ class Metrics:
     decisions_by_strategy: dict[str, int] = field(default_factory=dict)
     privacy_activations: int = 0
     """Decisions where privacy (privacy_level high or personal data) kept a request local."""
+    shed: int = 0
+    """Requests answered ``overloaded`` because in flight and queue were full."""
+    slow_consumer_drops: int = 0
+    """Messages nats-py dropped because a subscription's pending buffer was full."""
+    retries: int = 0
+    """Attempts that retried a deployment after a backoff."""
+    failovers: int = 0
+    """Attempts that went to another deployment after a failure."""
+    hedges: int = 0
+    """Second attempts started while the first was still running."""
 
 
 @dataclass(slots=True)
@@ -111,13 +131,6 @@ class LoadBalancing:
     strategy: str = "round_robin"
     weights: dict[str, float] = field(default_factory=dict)
     cursor: int = 0
-
-
-class RateLimiter(BaseModel):
-    """Configured limits of a deployment (enforcement is a later issue's engine)."""
-
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
 
 
 def _nest(table: dict[tuple[str, str], Any]) -> dict[str, dict[str, Any]]:
@@ -145,8 +158,11 @@ class RouterState(BaseModel):
     load_balancing: LoadBalancing = Field(default_factory=LoadBalancing)
     circuit_breakers: dict[tuple[str, str], Breaker] = {}
     """By ``(provider, model)``."""
-    rate_limiters: dict[tuple[str, str], RateLimiter] = {}
-    """By ``(provider, model)``."""
+    provider_breakers: dict[str, Breaker] = {}
+    """By provider: failures that condemn the whole endpoint (refused connections, bad keys)."""
+    rate_limiters: dict[tuple[str, str], DeploymentLimiter] = {}
+    """By ``(provider, model)``: the deployments that are rate limited (configured limits, or
+    a provider's Retry-After); token buckets in ``core/limiter.py``."""
     deployment_stats: dict[tuple[str, str], DeploymentStats] = {}
     """What each deployment has shown (latency, error rate, load, rate window), by
     ``(provider, model)``: the routing engine reads it on every decision."""

@@ -9,9 +9,10 @@
 | ``provider_register`` / ``provider_update`` / ``provider_health`` | operators, monitors | every router instance hears them |
 | ``provider_registered.<provider>`` | router | answer to register and update, also to the reply |
 | ``provider_metrics.<provider>`` | router | periodic |
-| ``cost_report`` | router | periodic |
+| ``cost_report`` | router | periodic; on demand from ``router_control.cost_report`` |
+| ``cost_event.<instance_id>`` | router | the spend each instance books, in batches, kept in the JetStream stream ``ROUTER_COST_EVENTS`` (named with the subject prefix, dots as ``_``): replaying it rebuilds the ledger |
 | ``router_error`` | router | bad input on a subject whose signal has no answer of its own |
-| ``router_control.<endpoint>`` | operators | the control service (nats.micro ``llm-router-control``): ``set_primary``, ``override_strategy``, ``force_model``, ``clear``, ``table``; one instance answers each (queue group ``router``) |
+| ``router_control.<endpoint>`` | operators | the control service (nats.micro ``llm-router-control``): ``set_primary``, ``override_strategy``, ``force_model``, ``clear``, ``table``, ``cost_report``; one instance answers each (queue group ``router``) |
 | ``routing_control`` | router | every accepted control change; every router instance applies it |
 | ``llm_response.%`` / ``provider_registered.%`` | router | answers to bad input whose id could not be read (``%`` is no id's token) |
 

@@ -96,6 +96,9 @@ class ErrorInfo(Struct, kw_only=True, omit_defaults=True):
     retryable: bool = False
     field: str | None = None
     """Key path of the offending field (``$.data.messages[0].role``) for validation errors."""
+    retry_after_ms: float | None = None
+    """``overloaded`` / ``rate_limited``: how long to wait before asking again (for
+    ``rate_limited``, the time the request would have needed)."""
 
 
 class Usage(Struct, kw_only=True):
@@ -326,6 +329,9 @@ class LlmRequest(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields
     subject, else on ``llm_chunk.<agent_id>``), then the one terminal ``llm_response``. A
     request a ``quality_assurance`` rule verifies is answered whole, with a warning."""
     timeout_ms: Annotated[int, Meta(ge=1, le=3_600_000)] | None = None
+    """The request's deadline: bounds routing, every attempt, retry and wait."""
+    priority: Annotated[int, Meta(ge=0, le=9)] = 5
+    """0-9, higher first: the order of requests waiting for a rate limit."""
     metadata: Annotated[
         dict[Annotated[str, Meta(max_length=128)], Annotated[str, Meta(max_length=2048)]],
         Meta(max_length=64),
@@ -407,11 +413,20 @@ the registry."""
 
 
 class Attempt(Struct, kw_only=True, omit_defaults=True):
+    """One try of one deployment. ``skipped``: not sent (a budget refused it);
+    ``cancelled``: sent, then given up because another attempt (a hedge) answered first."""
+
     provider: str
     model: str
-    outcome: Literal["ok", "error", "timeout", "skipped"]
+    outcome: Literal["ok", "error", "timeout", "skipped", "cancelled"]
     latency_ms: float = 0.0
     error: ErrorInfo | None = None
+    retry: bool = False
+    """The same deployment tried again after a backoff (not a fallback to another)."""
+    hedge: bool = False
+    """Started while an earlier attempt was still running (``parallel_requests``)."""
+    cost_usd: float = 0.0
+    """What this attempt was billed (a cancelled hedge: its estimated input)."""
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
@@ -460,6 +475,11 @@ class LlmResponse(Struct, kw_only=True, omit_defaults=True):
     model: str = ""
     provider: str = ""
     emulated: bool = False
+    cached: bool = False
+    """Served from the router's response cache: no provider was called, so ``cost_usd`` is 0,
+    ``usage`` is zero and ``attempts`` is empty; ``model`` and ``provider`` name what first
+    produced the answer. Only agents that opted in are served from the cache, and a private
+    request only ever gets an answer its own agent was given."""
     finish_reason: FinishReason | Literal[""] = ""
     """Set on every ``ok`` answer."""
     usage: Usage = msgspec.field(default_factory=Usage)
@@ -516,6 +536,8 @@ class ModelPrice(Struct, kw_only=True, forbid_unknown_fields=True):
 
     input: Price = 0.0
     output: Price = 0.0
+    cached_input: Price = 0.0
+    """Input tokens read from the provider's prompt cache; 0: they cost ``input``."""
 
 
 class RateLimits(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -608,6 +630,17 @@ class ProviderHealth(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fi
     """At most 3,600,000 (an hour)."""
     detail: Annotated[str, Meta(max_length=500)] = ""
     """At most 500 characters."""
+    origin: Literal["monitor", "router"] = "monitor"
+    """``monitor``: an outside health check, merged by every router instance into its view.
+    ``router``: a router instance announcing a change it saw itself (a breaker opened or
+    closed, its own probe); for observers, not merged by the other instances, which keep
+    their own evidence."""
+    model: Annotated[str, Meta(max_length=256)] | None = None
+    """The deployment whose breaker changed (``origin: router``); none: the whole provider."""
+    circuit: Literal["closed", "open", "half_open"] | None = None
+    """That breaker's new state (``origin: router``)."""
+    reporter: Annotated[str, Meta(max_length=256)] = ""
+    """Who says so (a router's instance id, a monitor's name)."""
 
 
 class ProviderStats(Struct, kw_only=True, omit_defaults=True):
@@ -636,21 +669,101 @@ class ProviderMetrics(Struct, kw_only=True, omit_defaults=True):
 
 
 class CostLine(Struct, kw_only=True):
+    """Spend of a group of calls: every attempt a provider billed counts (failed-over ones
+    and losing hedges included)."""
+
     requests: int = 0
+    """Billed attempts."""
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    """Of ``input_tokens``, those read from the provider's prompt cache."""
     cost_usd: float = 0.0
+    cost_micros: int = 0
+    """The same cost in integer micro-dollars (USD x 1,000,000), as the ledger accounts it."""
+
+
+class BudgetStatus(Struct, kw_only=True, omit_defaults=True):
+    """One daily cap (``router.budgets``), as the reporting instance knows it."""
+
+    scope: Literal["all", "cloud", "agent", "provider"]
+    """``all``: every billed call; ``cloud``: cloud models only (``max_cloud_spend_per_day``
+    among them); ``agent`` / ``provider``: that agent's or provider's calls."""
+    name: str = ""
+    """The agent or provider, for those scopes."""
+    limit_usd: float
+    used_usd: float = 0.0
+    """Settled spend of every instance today, as last read from the shared ledger."""
+    reserved_usd: float = 0.0
+    """Estimates of this instance's calls in flight, held against the cap until they settle."""
+    remaining_usd: float = 0.0
+    local_only_at_usd: float | None = None
+    """Spend from which routing keeps to local models (``router.budgets.local_only_share``)."""
+    state: Literal["ok", "local_only", "exceeded"] = "ok"
 
 
 class CostReport(Struct, kw_only=True, omit_defaults=True):
-    """Periodic cost ledger of one router instance since it started."""
+    """The cost ledger: published every ``cost_report_interval_s`` and answered on demand
+    (``router_control.cost_report``). With the shared ledger (JetStream) the figures are those
+    of every router instance on the bus for the days reported; with the in-memory one, this
+    instance's since it started."""
 
     instance_id: str
     since: str
+    """When the reporting instance started."""
+    day: str = ""
+    """Today (``YYYY-MM-DD``) in ``time_zone``: budgets are daily and roll over at its midnight."""
+    time_zone: str = ""
+    shared: bool = False
+    """The figures come from the ledger every instance shares, not this instance alone."""
     total: CostLine
+    """Every day reported."""
     by_agent: dict[str, CostLine] = {}
     by_model: dict[str, CostLine] = {}
     by_provider: dict[str, CostLine] = {}
+    by_day: dict[str, CostLine] = {}
+    budgets: list[BudgetStatus] = []
+    """Every configured cap: used, reserved, remaining."""
+    projected_day_usd: float | None = None
+    """Today's spend extrapolated to the day's end at today's average rate so far (the
+    first hour counts as a whole hour)."""
+
+
+class CostEntry(Struct, kw_only=True, omit_defaults=True):
+    """Spend of one agent on one deployment (a line of ``cost_event``)."""
+
+    agent_id: str
+    provider: str
+    model: str
+    cloud: bool = False
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost_micros: int = 0
+
+
+class CostEvent(Struct, kw_only=True, omit_defaults=True):
+    """Spend one router instance booked since its previous ``cost_event`` (a batch, sent
+    every ``router.budgets.flush_interval_s`` while there is any). Kept in the JetStream
+    stream of cost events (``cost_event.<instance_id>``): the sum of every event's entries is
+    the ledger. ``Nats-Msg-Id`` is ``<instance_id>:<batch>``, so a batch sent again after a
+    lost acknowledgement is dropped as a duplicate."""
+
+    instance_id: str
+    day: str
+    """The day (in the ledger's time zone) the spend belongs to."""
+    batch: str
+    """Unique per instance; batches of one instance are sent in order."""
+    entries: list[CostEntry] = []
+
+
+class CostQuery(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Asks for the cost report now (``router_control.cost_report``; answered with ``cost_report``)."""
+
+    refresh: bool = True
+    """Read the other instances' spend from the shared ledger first (else: as of the last
+    periodic read)."""
 
 
 class RouterError(Struct, kw_only=True, omit_defaults=True):
@@ -672,7 +785,7 @@ MAX_OVERRIDE_DURATION_S = 30 * 24 * 3600.0
 OverrideDuration = Annotated[float, Meta(gt=0, le=MAX_OVERRIDE_DURATION_S)]
 Reason = Annotated[str, Meta(min_length=1, max_length=500)]
 OverrideKind = Literal["primary", "strategy", "forced"]
-ControlAction = Literal["set_primary", "override_strategy", "force_model", "clear", "table"]
+ControlAction = Literal["set_primary", "override_strategy", "force_model", "clear", "table", "cost_report"]
 
 
 class ControlSetPrimary(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -832,12 +945,14 @@ SIGNAL_TYPES: dict[str, type[Struct]] = {
     "provider_health": ProviderHealth,
     "provider_metrics": ProviderMetrics,
     "cost_report": CostReport,
+    "cost_event": CostEvent,
     "router_error": RouterError,
     "control_set_primary": ControlSetPrimary,
     "control_override_strategy": ControlOverrideStrategy,
     "control_force_model": ControlForceModel,
     "control_clear": ControlClear,
     "control_table": ControlTable,
+    "cost_query": CostQuery,
     "control_result": ControlResult,
     "routing_table": RoutingTable,
     "routing_control": RoutingControl,
@@ -859,6 +974,7 @@ __all__ = [
     "AgentRouting",
     "AssistantMessage",
     "Attempt",
+    "BudgetStatus",
     "Candidate",
     "Capability",
     "ChatMessage",
@@ -870,7 +986,10 @@ __all__ = [
     "ControlResult",
     "ControlSetPrimary",
     "ControlTable",
+    "CostEntry",
+    "CostEvent",
     "CostLine",
+    "CostQuery",
     "CostReport",
     "ErrorCode",
     "ErrorInfo",

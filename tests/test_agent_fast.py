@@ -40,6 +40,10 @@ GPT4 = ("openai", "gpt-4-turbo")
 """A configured deployment (emulated, so served by the mock): $0.01 in / $0.03 out per 1k."""
 
 
+NO_RETRIES: dict[str, Any] = {"router": {"retry": {"max_retries": 0}}}
+"""For tests of one attempt per deployment (the breaker's count, a chain's length)."""
+
+
 def retryable_error(message: str = "upstream error 500") -> ProviderError:
     return ProviderError("provider_error", message, True, 500)
 
@@ -166,7 +170,8 @@ async def test_a_non_retryable_error_stops_the_chain_and_is_the_answer(fast):
 
 async def test_the_breaker_opens_at_the_threshold_and_a_successful_probe_closes_it(fast):
     clock = FakeClock()
-    f = await fast.start({"router": {"circuit_breaker": {"failure_threshold": 3, "cooldown_s": 0.5}}}, clock=clock)
+    f = await fast.start({"router": {"circuit_breaker": {"failure_threshold": 3, "cooldown_s": 0.5},
+                                     "retry": {"max_retries": 0}}}, clock=clock)
     breaker = f.state.circuit_breakers[GPT4]
     f.mock.script(GPT4, error=retryable_error())
 
@@ -195,7 +200,8 @@ async def test_the_breaker_opens_at_the_threshold_and_a_successful_probe_closes_
 
 async def test_a_failed_probe_reopens_the_breaker_for_a_full_cooldown(fast):
     clock = FakeClock()
-    f = await fast.start({"router": {"circuit_breaker": {"failure_threshold": 3, "cooldown_s": 0.5}}}, clock=clock)
+    f = await fast.start({"router": {"circuit_breaker": {"failure_threshold": 3, "cooldown_s": 0.5},
+                                     "retry": {"max_retries": 0}}}, clock=clock)
     breaker = f.state.circuit_breakers[GPT4]
     f.mock.script(GPT4, error=retryable_error())
     for _ in range(3):
@@ -261,7 +267,7 @@ async def test_the_callers_deadline_answers_timeout_without_blaming_the_provider
 
 
 async def test_a_duplicate_request_id_in_flight_is_refused(fast):
-    f = await fast.start()
+    f = await fast.start(NO_RETRIES)
     f.mock.script(GPT4, hang=True)
     request = f.client.new_request(model="gpt-4-turbo", request_id="same-id")
     first = asyncio.create_task(f.client.ask(request, timeout=WAIT))
@@ -524,7 +530,7 @@ async def test_a_bug_in_the_agents_own_handler_is_answered_internal(fast, monkey
     def broken(*args: Any) -> None:
         raise AttributeError("a bug in the registry")
 
-    monkeypatch.setattr(f.agent.registry, "set_health", broken)
+    monkeypatch.setattr(f.agent.registry, "report_health", broken)
     answer = await f.client.control("provider_health", sig.ProviderHealth(provider="openai", status="degraded"),
                                     timeout=WAIT)
     assert isinstance(answer, sig.RouterError)
@@ -538,7 +544,7 @@ async def test_a_bug_in_the_agents_own_handler_is_answered_internal(fast, monkey
 
 
 async def test_tuple_keys_keep_provider_a_and_provider_a_slash_b_apart(fast):
-    f = await fast.start()
+    f = await fast.start(NO_RETRIES)
     # Joined with "/", ("a", "b/m") and ("a/b", "m") would both be "a/b/m".
     assert (await f.register("a", "b/m")).accepted
     assert (await f.register("a/b", "m")).accepted
@@ -568,7 +574,7 @@ async def test_tuple_keys_keep_provider_a_and_provider_a_slash_b_apart(fast):
     nested = snapshot["circuit_breakers"]
     assert set(nested["a"]) == {"b/m"} and set(nested["a/b"]) == {"m"}
     assert (nested["a"]["b/m"]["state"], nested["a/b"]["m"]["state"]) == ("closed", "open")
-    assert set(snapshot["rate_limiters"]["a"]) == {"b/m"} and set(snapshot["rate_limiters"]["a/b"]) == {"m"}
+    assert set(snapshot["deployment_stats"]["a"]) == {"b/m"} and set(snapshot["deployment_stats"]["a/b"]) == {"m"}
     active = snapshot["active_requests"]
     assert set(active) == {"x", "x/y"}
     assert set(active["x"]) == {"y/z"} and set(active["x/y"]) == {"z"}

@@ -261,10 +261,12 @@ async def test_failover_to_the_next_candidate_when_a_provider_fails(agent, clien
 async def test_all_providers_failing_gives_one_typed_error_and_opens_the_breaker(agent, client, emulator):
     answer = await client.control("provider_register", register_msg("down", emulator.url, ("doomed", BROKEN_MODEL)))
     assert answer.accepted
-    for _ in range(3):  # failure_threshold in the test config
-        response = await client.ask(client.new_request(model="doomed"))
-        assert response.status == "error"
-        assert response.error.code == "all_providers_failed" and response.error.retryable
+    # One request: the attempt and its two retries (router.retry.max_retries) after a backoff,
+    # which reach failure_threshold (3 in the test config).
+    response = await client.ask(client.new_request(model="doomed"))
+    assert response.status == "error"
+    assert response.error.code == "all_providers_failed" and response.error.retryable
+    assert [(a.outcome, a.retry) for a in response.attempts] == [("error", False), ("error", True), ("error", True)]
     assert agent.state.circuit_breakers[("down", "doomed")].state == "open"
     response = await client.ask(client.new_request(model="doomed"))
     assert response.error.code == "no_candidates"  # the open breaker removes it before any call
@@ -388,13 +390,21 @@ async def test_tracing_makes_the_router_a_child_span_of_the_caller(agents, clien
     assert response.status == "ok"
     await stream.wait_for(lambda r: r.request_id == request.request_id)
 
-    (span,) = exporter.get_finished_spans()
-    assert format(span.context.trace_id, "032x") == trace_id
-    assert format(span.parent.span_id, "016x") == caller_span
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert all(format(s.context.trace_id, "032x") == trace_id for s in spans.values())
+    consumer, span, call = spans["process llm_request"], spans["llm_request"], spans["chat gpt-4-turbo-preview"]
+    assert format(consumer.parent.span_id, "016x") == caller_span  # the caller's trace continues...
+    assert span.parent.span_id == consumer.context.span_id  # ...through the router's request span...
+    assert call.parent.span_id == span.context.span_id  # ...to the provider call (a GenAI client span)
     assert span.attributes["router.provider"] == "openai"
     assert span.attributes["router.status"] == "ok"
+    assert call.attributes["gen_ai.operation.name"] == "chat"
+    assert call.attributes["gen_ai.request.model"] == "gpt-4-turbo-preview"
+    assert call.attributes["gen_ai.usage.input_tokens"] == response.usage.input_tokens
     sent = stream.items[-1][2]["traceparent"]
-    assert sent == f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
+    answer = spans["publish llm_response"]
+    assert answer.parent.span_id == span.context.span_id
+    assert sent == f"00-{trace_id}-{format(answer.context.span_id, '016x')}-01"
 
 
 async def test_stop_answers_requests_still_queued_behind_the_concurrency_bound(agents, client, subjects):

@@ -20,6 +20,7 @@ from router_agent.config import Config, load_config
 from router_agent.core.breaker import Breaker
 from router_agent.core.cost import estimate_input_tokens
 from router_agent.core.engine import TYPE_COMPLEXITY, Plan, decide, estimate_complexity
+from router_agent.core.limiter import DeploymentLimiter
 from router_agent.core.model import Deployment
 from router_agent.core.observed import DeploymentStats
 from router_agent.core.overrides import RoutingOverrides
@@ -60,8 +61,10 @@ def catalog(deps: Iterable[Deployment], views: Mapping[str, ProviderView] | None
         by_model.setdefault(d.model, []).append(d)
         all_views.setdefault(d.provider, ProviderView())
     all_views.update(views or {})
+    seen = {k: v for k, v in (stats or {}).items() if isinstance(v, DeploymentStats)}
+    limiters = {k: v for k, v in (stats or {}).items() if isinstance(v, DeploymentLimiter)}
     return SimpleNamespace(deployments_by_model=by_model, default_pool=pool if pool is not None else list(by_model),
-                           views=all_views, stats=dict(stats or {}))
+                           views=all_views, stats=seen, limiters=limiters)
 
 
 def req(agent: str = "tester", content: str = "hello router", **fields: Any) -> LlmRequest:
@@ -135,9 +138,17 @@ def without_rules(routing: dict[str, Any], *names: str) -> dict[str, Any]:
     return out
 
 
-def window(used: int, now: float = NOW, age: float = 10.0) -> DeploymentStats:
-    """A rate window that started ``age`` seconds before ``now`` with ``used`` requests."""
-    return DeploymentStats(window_start=now - age, window_requests=used)
+def window(left: float, rpm: int = 50, tpm: int | None = None, tokens_left: float | None = None,
+           age: float = 0.0) -> DeploymentLimiter:
+    """A rate limiter (``core/limiter.py``) with ``left`` requests of ``rpm`` in its bucket
+    ``age`` seconds before NOW (it refills rpm/60 a second since)."""
+    limiter = DeploymentLimiter.per_minute(rpm, tpm, NOW - age)
+    assert limiter.requests is not None
+    limiter.requests.level = left
+    if tokens_left is not None:
+        assert limiter.tokens is not None
+        limiter.tokens.level = tokens_left
+    return limiter
 
 
 # --------------------------------------------------------------------------- 7. the design's examples
@@ -433,36 +444,36 @@ def test_a_budget_that_is_not_configured_is_absent_so_the_circuit_breaker_stays_
 # --------------------------------------------------------------------------- 3. global rules
 
 
-def test_rate_limit_protection_demotes_a_model_whose_window_is_80_percent_used():
+def test_rate_limit_protection_demotes_a_model_with_less_than_a_fifth_of_its_limit_left():
     # cto complexity 9 -> opus by rule; opus allows 50 requests a minute.
     request = req("cto_agent", task=Task(complexity=9))
     key = ("anthropic", "claude-3-opus")
-    assert first(shipped_run(request, stats={key: window(39)})) == "claude-3-opus"
-    plan = shipped_run(request, stats={key: window(40)})
+    assert first(shipped_run(request, stats={key: window(10)})) == "claude-3-opus"  # 20 % left
+    plan = shipped_run(request, stats={key: window(9.9)})
     assert models(plan) == ["gpt-4-turbo", "llama-3-70b", "claude-3-opus"]
     assert plan.decided_by == "rate_limit_protection"
     assert any(n.startswith("rate_limit_protection") and "claude-3-opus" in n for n in plan.notes)
 
 
-def test_rate_limit_protection_forgets_a_window_older_than_a_minute():
+def test_rate_limit_protection_sees_the_bucket_refill():
     request = req("cto_agent", task=Task(complexity=9))
     key = ("anthropic", "claude-3-opus")
-    plan = shipped_run(request, stats={key: window(49, age=60.0)})
+    plan = shipped_run(request, stats={key: window(1, age=12.0)})  # + 10 refilled: 11 of 50 left
     assert first(plan) == "claude-3-opus" and plan.decided_by == "agents.cto_agent.routing_rules[1]"
-    plan = shipped_run(request, stats={key: window(49, age=59.0)})
+    plan = shipped_run(request, stats={key: window(1, age=10.0)})  # 9.33 left
     assert first(plan) == "gpt-4-turbo"
 
 
-def test_an_exhausted_rate_window_is_a_hard_constraint():
+def test_an_exhausted_rate_limit_keeps_the_model_as_one_to_wait_for_behind_the_others():
     key = ("anthropic", "claude-3-opus")
-    plan = shipped_run(req("cto_agent", task=Task(complexity=9)), stats={key: window(50)})
-    assert rejected(plan) == {"claude-3-opus": "rate_limited"}
-    assert first(plan) == "gpt-4-turbo" and plan.decided_by == "strategy"
-    assert any("routing_rules[1]" in n and "rate_limited" in n for n in plan.notes)
+    plan = shipped_run(req("cto_agent", task=Task(complexity=9)), stats={key: window(0)})
+    assert plan.rejected == []  # not removed: the request may wait for it when nothing else serves
+    assert first(plan) == "gpt-4-turbo" and models(plan)[-1] == "claude-3-opus"
+    assert [c.rate_share >= 1.0 for c in plan.ordered] == [False, False, True]
 
 
 def test_rate_limit_protection_does_not_demote_when_every_candidate_is_near_its_limit():
-    stats = {("anthropic", "claude-3-opus"): window(45), ("openai", "gpt-4-turbo"): window(55)}
+    stats = {("anthropic", "claude-3-opus"): window(5), ("openai", "gpt-4-turbo"): window(5, rpm=60)}
     table = RoutingOverrides()
     table.set_primary("cto_agent", "claude-3-opus", "", NOW)
     routing = shipped_routing()
@@ -473,7 +484,7 @@ def test_rate_limit_protection_does_not_demote_when_every_candidate_is_near_its_
     assert models(plan) == ["claude-3-opus", "gpt-4-turbo"]  # nothing better to switch to
     assert plan.decided_by == "primary"
     assert not any("rate_limit_protection" in n for n in plan.notes)
-    plan = shipped_run(req("cto_agent"), policy=policy, stats={("anthropic", "claude-3-opus"): window(45)})
+    plan = shipped_run(req("cto_agent"), policy=policy, stats={("anthropic", "claude-3-opus"): window(5)})
     assert models(plan) == ["gpt-4-turbo", "claude-3-opus"]
 
 
@@ -481,9 +492,10 @@ def test_rate_limit_protection_counts_tokens_too():
     key = ("anthropic", "claude-3-opus")  # 100,000 tokens a minute
     request = req("cto_agent", task=Task(complexity=9))
     tokens = shipped_run(request).tokens
-    stats = {key: DeploymentStats(window_start=NOW - 5, window_requests=1, window_tokens=80_000 - tokens)}
+    assert tokens < 20_000
+    stats = {key: window(49, tpm=100_000, tokens_left=19_999)}  # below a fifth of its tokens
     assert first(shipped_run(request, stats=stats)) == "gpt-4-turbo"
-    stats = {key: DeploymentStats(window_start=NOW - 5, window_requests=1, window_tokens=80_000 - tokens - 1)}
+    stats = {key: window(49, tpm=100_000, tokens_left=20_000)}
     assert first(shipped_run(request, stats=stats)) == "claude-3-opus"
 
 
@@ -798,7 +810,7 @@ def test_decided_by_labels():
     assert shipped_run(req("someone")).decided_by == "strategy"
     assert shipped_run(req("someone", model="llama")).decided_by == "caller"
     assert shipped_run(req("cto_agent", task=Task(complexity=9))).decided_by == "agents.cto_agent.routing_rules[1]"
-    stats = {("anthropic", "claude-3-opus"): window(45)}
+    stats = {("anthropic", "claude-3-opus"): window(5)}
     assert shipped_run(req("cto_agent"), stats=stats).decided_by == "rate_limit_protection"
 
 
@@ -854,11 +866,11 @@ def limited(request: LlmRequest, limit: int, environment: str = "", **kw: Any) -
 def test_an_agent_rule_reading_model_rate_limit_approaching_sees_the_real_window():
     a, b = dep("a", requests_per_minute=10), dep("b")
     policy = agent_policy([("not model.rate_limit_approaching", "a")], names=["a", "b"])
-    plan = run(req("a"), catalog([a, b], stats={a.key: window(9)}), policy)  # a: 90 % of its minute used
+    plan = run(req("a"), catalog([a, b], stats={a.key: window(1, rpm=10)}), policy)  # a: 10 % of its minute left
     assert plan.decided_by != "agents.a.routing_rules[0]"
     policy = agent_policy([("model.rate_limit_approaching", "b")], names=["a", "b"])
     b10 = dep("b", requests_per_minute=10)
-    plan = run(req("a"), catalog([a, b10], stats={b10.key: window(9)}), policy)
+    plan = run(req("a"), catalog([a, b10], stats={b10.key: window(1, rpm=10)}), policy)
     assert plan.decided_by == "agents.a.routing_rules[0]"
 
 

@@ -192,6 +192,16 @@ SAMPLES: dict[str, msgspec.Struct] = {
         by_agent={"cto_agent": CostLine(requests=3, cost_usd=0.01)},
         by_model={"gpt-4-turbo": CostLine(requests=1)},
         by_provider={"openai": CostLine(requests=1)},
+        by_day={"2025-01-01": CostLine(requests=3, cached_input_tokens=10, cost_usd=0.01, cost_micros=10_000)},
+        day="2025-01-01", time_zone="Europe/Paris", shared=True, projected_day_usd=0.5,
+        budgets=[signals.BudgetStatus(scope="cloud", limit_usd=500.0, used_usd=0.01, remaining_usd=499.99,
+                                      local_only_at_usd=400.0)],
+    ),
+    "cost_event": signals.CostEvent(
+        instance_id="router-a", day="2025-01-01", batch="1a2b-7",
+        entries=[signals.CostEntry(agent_id="cto_agent", provider="openai", model="gpt-4-turbo", cloud=True,
+                                   requests=2, input_tokens=300, output_tokens=40, cached_input_tokens=100,
+                                   cost_micros=3_700)],
     ),
     "router_error": RouterError(subject="provider_health", error=ERROR),
     "control_set_primary": signals.ControlSetPrimary(
@@ -203,6 +213,7 @@ SAMPLES: dict[str, msgspec.Struct] = {
     "control_force_model": signals.ControlForceModel(task_id="task-9", model="gpt-4-turbo", reason="repro"),
     "control_clear": signals.ControlClear(kind="strategy", reason="audit over"),
     "control_table": signals.ControlTable(agent_id="cto_agent"),
+    "cost_query": signals.CostQuery(refresh=False),
     "control_result": signals.ControlResult(
         accepted=True, action="override_strategy", instance_id="router-a", changed=True,
         change=signals.RoutingChange(action="set", kind="strategy", strategy="privacy_first", duration_s=7200.0,

@@ -37,8 +37,9 @@ from typing import Any, Protocol
 from router_agent.core.breaker import Breaker
 from router_agent.core.cost import estimate_input_tokens, estimate_output_tokens
 from router_agent.core.features import request_texts, required_capabilities
+from router_agent.core.limiter import APPROACHING_BELOW, DeploymentLimiter
 from router_agent.core.model import Deployment, DeploymentKey
-from router_agent.core.observed import APPROACHING, DeploymentStats
+from router_agent.core.observed import DeploymentStats
 from router_agent.core.pii import detect
 from router_agent.core.policy import AgentPolicy, Policy
 from router_agent.core.routing import (
@@ -71,7 +72,6 @@ TYPE_COMPLEXITY = {
 """Complexity a task type starts from when the caller gives none (others: 3)."""
 _NO_AGENT = AgentPolicy()
 NOT_YET = {
-    "parallel_requests": "parallel_requests: not in effect yet (hedged requests come with the reliability layer)",
     "cache_responses": "cache_responses: not in effect yet (the response cache is still to come)",
 }
 """Strategy rules the policy accepts and the engine carries, that no layer acts on yet: said, never silent."""
@@ -84,6 +84,8 @@ class Catalog(Protocol):
     """Every deployment of ``default_pool``, flat (optional: built from the names without it)."""
     views: Mapping[str, ProviderView]
     stats: Mapping[DeploymentKey, DeploymentStats]
+    limiters: Mapping[DeploymentKey, DeploymentLimiter]
+    """Rate limiters of the deployments that have one (optional: none limited without it)."""
 
 
 @dataclass(slots=True)
@@ -109,7 +111,9 @@ class Plan:
     hedge: bool = False
     cache: bool = False
     tokens: int = 0
-    """Estimated tokens of the request (prompt and completion), for the rate windows."""
+    """Estimated tokens of the request (prompt and completion), for the rate limiters."""
+    input_tokens: int = 0
+    """Estimated prompt tokens (what a cancelled hedge is billed)."""
 
 
 def estimate_complexity(request: LlmRequest, est_in: int) -> int:
@@ -126,7 +130,7 @@ def _model_fields(ctx: dict[str, Any], c: Scored) -> dict[str, Any]:
     ctx["model.provider"] = dep.provider
     ctx["model.type"] = dep.type
     ctx["model.capabilities"] = dep.capabilities
-    ctx["model.rate_limit_approaching"] = c.rate_share >= APPROACHING
+    ctx["model.rate_limit_approaching"] = c.rate_share > 1.0 - APPROACHING_BELOW
     return ctx
 
 
@@ -253,11 +257,12 @@ def decide(
         deployments = [d for m in names for d in by_model.get(m, ())]
 
     # 4. hard constraints
-    kept, rejected, scale = filter_candidates(request, deployments, limits, catalog.views, catalog.stats, breakers, now)
+    kept, rejected, scale = filter_candidates(request, deployments, limits, catalog.views, catalog.stats, breakers, now,
+                                              getattr(catalog, "limiters", None))
     base = Plan([], rejected, name, "", "", complexity, complexity_source, tuple(sorted(pii)),
                 local_only[1] if local_only else "", local_only[0] if local_only else "",
                 hedge=spec.hedge, cache=spec.cache,
-                tokens=est_in + est_out)
+                tokens=est_in + est_out, input_tokens=est_in)
     if not kept:
         base.reason = f"{why}; no candidate passed the hard constraints" if deployments else why
         return base
@@ -355,8 +360,8 @@ def decide(
             notes.append(f"{verify_rule}: no stronger model may serve this request; answered unverified")
         else:
             notes.append(f"{verify_rule}: {ordered[0].dep.model} answers, {base.verify_with.dep.model} verifies")
-    if spec.hedge or spec.cache:
-        notes.extend(NOT_YET[k] for k, on in (("parallel_requests", spec.hedge), ("cache_responses", spec.cache)) if on)
+    if spec.cache and "cache_responses" in NOT_YET:
+        notes.append(NOT_YET["cache_responses"])
     base.confidence = confidence(ordered, decided_by)
     return base
 

@@ -36,6 +36,9 @@ class Deployment:
     """USD per 1k input tokens."""
     price_out: float = 0.0
     """USD per 1k output tokens."""
+    price_cached_in: float = 0.0
+    """USD per 1k input tokens read from the provider's prompt cache; 0: none, such tokens
+    cost ``price_in``."""
     context_window: int | None = None
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None

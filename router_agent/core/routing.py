@@ -17,11 +17,13 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from router_agent.core.breaker import Breaker
+from router_agent.core.limiter import DeploymentLimiter
 from router_agent.core.model import Deployment, DeploymentKey
-from router_agent.core.observed import WINDOW_S, DeploymentStats
+from router_agent.core.observed import DeploymentStats
 from router_agent.core.strategies import CAPACITY, Scale, Scored, latency_prior
 from signals import LlmRequest, Rejection
 
+_NEVER = float("inf")
 ALL_MODELS = "all models"
 """Why a request's candidates are the whole default pool."""
 
@@ -83,9 +85,17 @@ def filter_candidates(
     stats: Mapping[DeploymentKey, DeploymentStats],
     breakers: Mapping[DeploymentKey, Breaker],
     now: float,
+    limiters: Mapping[DeploymentKey, DeploymentLimiter] | None = None,
 ) -> tuple[list[Scored], list[Rejection], Scale]:
     """The survivors (in input order), the removed with their constraint, and the scale the
-    relative factors use (the dearest estimate and the fastest latency among survivors)."""
+    relative factors use (the dearest estimate and the fastest latency among survivors).
+
+    A deployment whose rate limiter cannot take the request now is kept, with a
+    ``rate_share`` of at least 1: it is a candidate to wait for when no other can serve
+    (the request shell tries the others first). When several deployments passed the other
+    constraints and every one is cooling down behind an open breaker, the one whose
+    cooldown ends first is kept (and probed) rather than failing blind; a single candidate
+    (the caller insisted on one model) fails fast, which is what its breaker is for."""
     req = request.requirements
     est_in, est_out = limits.est_in, limits.est_out
     tokens = est_in + est_out
@@ -98,6 +108,8 @@ def filter_candidates(
     keep = kept.append
     top_cost, fastest = 0.0, float("inf")
     get_view, get_stats, get_breaker = providers.get, stats.get, breakers.get
+    get_limiter = (limiters or {}).get
+    cooling: list[tuple[float, Deployment, float]] = []
     scored = Scored
     # The request's own limits, when it has none, cost nothing per candidate.
     limited = bool(cloud_ban or model_type or needed or max_cost is not None or max_latency is not None)
@@ -127,20 +139,20 @@ def filter_candidates(
         if not constraint and breaker is not None and breaker.state != "closed":
             if not breaker.allows(now):
                 constraint, detail = "circuit_open", f"circuit is {breaker.state}"
+                retry_at = breaker.retry_at(now)
+                if retry_at != _NEVER:  # every probe slot taken: it cannot be probed now
+                    cooling.append((retry_at, dep, estimate))
             elif breaker.state == "half_open":
                 health = 0.5
         share = 0.0
-        if seen is not None and not constraint:
-            rpm, tpm = dep.requests_per_minute, dep.tokens_per_minute
-            if rpm or tpm:  # observed.DeploymentStats.used_share, inlined: it runs per candidate
-                if now - seen.window_start < WINDOW_S:
-                    share = seen.window_requests / rpm if rpm else 0.0
-                    if tpm and (seen.window_tokens + tokens) / tpm > share:
-                        share = (seen.window_tokens + tokens) / tpm
-                elif tpm:
-                    share = tokens / tpm
-                if share >= 1.0:
-                    constraint, detail = "rate_limited", "its per-minute rate limit is used up"
+        if not constraint:
+            limiter = get_limiter(key)  # only limited (or provider-blocked) deployments have one
+            if limiter is not None:
+                share = 1.0 - limiter.headroom(now)
+                # allows() only where it can differ: below half a bucket left (a request
+                # larger than that is rare, and the attempt chain checks it anyway).
+                if share >= 0.5 and (share >= 1.0 or not limiter.allows(now, tokens)):
+                    share = max(share, 1.0)
         if constraint:
             reject(Rejection(provider=dep.provider, model=dep.model, constraint=constraint, detail=detail))
             continue
@@ -156,7 +168,20 @@ def filter_candidates(
             fastest = latency
         keep(scored(dep, estimate, provider.weight, latency, load, errors, health, share,
                     latency * (1.0 + load) / health))
+    if not kept and len(cooling) > 1:
+        _, dep, estimate = min(cooling, key=_first)
+        rejected[:] = [r for r in rejected if (r.provider, r.model) != dep.key]
+        seen = get_stats(dep.key)
+        latency = latency_prior(dep, est_out) if seen is None or seen.latency_ms is None else seen.latency_ms
+        provider = providers[dep.provider]
+        kept.append(scored(dep, estimate, provider.weight, latency, 0.0, seen.error_rate if seen else 0.0, 0.5,
+                           0.0, latency * 2.0))
+        return kept, rejected, Scale(estimate, latency)
     return kept, rejected, Scale(top_cost, fastest)
+
+
+def _first(item: tuple[float, Deployment, float]) -> float:
+    return item[0]
 
 
 def _request_limit(dep: Deployment, cloud_ban: tuple[str, str] | None, model_type: str | None,

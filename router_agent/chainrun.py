@@ -1,0 +1,70 @@
+"""One request's walk through its candidates: what the attempt chain keeps, and returns.
+
+Plain data, written only by ``chain.py`` (and read by ``requests.py`` to answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from router_agent.core.model import Deployment
+from router_agent.providers.base import Completion, ProviderError
+from signals import Attempt, ErrorInfo, LlmRequest
+
+if TYPE_CHECKING:
+    from router_agent.core.lifecycle import RequestLifecycle
+    from router_agent.state import ActiveRequest
+    from router_agent.streaming import StreamRelay
+
+Charge = Callable[[LlmRequest, Deployment, int, int, int], float]
+"""Book tokens (input, output, cached input) a deployment billed; returns the cost in USD."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt ended (``completion`` set on success, else ``error``)."""
+
+    dep: Deployment
+    completion: Completion | None = None
+    error: ProviderError | None = None
+    cost: float = 0.0
+    deadline_hit: bool = False
+    """The request's deadline (not the provider's timeout) ended it."""
+
+
+@dataclass(slots=True)
+class ChainRun:
+    """One request's walk through its candidates."""
+
+    request: LlmRequest
+    candidates: list[Deployment]
+    deadline: float
+    active: ActiveRequest
+    attempts: list[Attempt]
+    life: RequestLifecycle
+    relay: StreamRelay | None = None
+    hedge: bool = False
+    traceparent: str | None = None
+    """The request span's, for the attempts' spans."""
+    dropped: set[tuple[str, str]] = field(default_factory=set)
+    not_before: dict[tuple[str, str], float] = field(default_factory=dict)
+    retries: dict[tuple[str, str], int] = field(default_factory=dict)
+    running: dict[asyncio.Task[Outcome], Deployment] = field(default_factory=dict)
+    last_error: ProviderError | None = None
+    rate_wait_s: float = 0.0
+    """The shortest wait a rate limiter asked for when nothing else could go (for the answer)."""
+    too_large: bool = False
+    """A candidate was passed over because the request exceeds its tokens per minute."""
+    won: bool = False
+    """An attempt succeeded: the others still running are cancelled (and billed)."""
+    budget_refusal: str = ""
+    """Why the last candidate was refused by a budget, when that is why nothing was tried."""
+
+
+def skipped(dep: Deployment, code: Any, message: str) -> Attempt:
+    """An attempt that was never sent (a budget refused it)."""
+    return Attempt(provider=dep.provider, model=dep.model, outcome="skipped",
+                   error=ErrorInfo(code=code, message=message, retryable=False))

@@ -1,0 +1,224 @@
+"""The response cache's shell: an in-process layer in front of a JetStream key-value bucket
+that every router instance shares.
+
+Writes nothing in ``RouterState``: it owns its in-process layer (``core.cache.LruTtl``) and
+its counters (``stats``, a ``core.cache.CacheStats``), which the agent copies into its
+metrics. The key, who may use the cache, what is stored and what a hit answers are decided
+in ``core/cache.py``; this module only keeps and fetches answers.
+
+Theory of operation
+-------------------
+``get(key)`` asks the in-process layer first (no I/O), then the bucket, bounded by
+``cache.kv_timeout_ms``: a slow, failed or absent bucket is a miss, never an error, so the
+cache can only ever save a provider call, not cost a request. An answer found in the bucket
+fills the in-process layer for the rest of its time (its ``stored_at`` says how much is left),
+so another instance's answer is read from the bus once.
+
+``put(key, answer)`` is synchronous: it encodes the answer once, skips it when it is larger
+than ``cache.max_entry_bytes``, stores it in the in-process layer at once, and hands the
+bucket write to a background task, so the request path never waits for JetStream. At most
+``cache.max_pending_writes`` writes are on their way; ``drain()`` waits for them (at a stop).
+
+The bucket is a key-value bucket in the JetStream sense (``KV_<bucket>``, one value per key),
+created with ``cache.ttl_s`` as its max age, ``cache.bucket_max_bytes`` as its size and
+``max_entry_bytes`` as its largest value. Unlike ``create_key_value`` (which discards new
+writes when the bucket is full) it discards the *oldest* answers, as a cache should; the
+bucket's own limits are set from config again at every start. Without JetStream (or with
+``cache.bucket: null``) the in-process layer works alone.
+
+``replay_events(answer, piece_chars)`` gives a cached answer as the stream events an adapter
+would yield, for ``StreamRelay.attempt``: a streamed request served from the cache gets its
+``llm_chunk`` signals and summary exactly as from a provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from router_agent.core.cache import CachedAnswer, CacheStats, LruTtl, split_pieces
+from router_agent.providers.base import StreamEnd, StreamEvent, TextDelta, ToolCallDelta
+from router_agent.settings import CacheConfig
+from router_agent.store import prefixed_name
+
+log = logging.getLogger("router_agent")
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(CachedAnswer).decode
+
+STREAM_IN_USE = 10058
+"""JetStream's error code for "stream name already in use with a different configuration"."""
+
+
+class ResponseCache:
+    """Answers by key: in-process first, then the shared bucket."""
+
+    def __init__(self, bus: Any, settings: CacheConfig, clock: Callable[[], float], *, subject_prefix: str = "",
+                 wall: Callable[[], float] = time.time):
+        """``bus`` is a nats-py client or a JetStream context (``None``, or a client without
+        JetStream: in-process only); ``clock`` is monotonic seconds (the in-process layer's
+        TTL), ``wall`` Unix seconds (``stored_at``, which instances compare)."""
+        self.settings = settings
+        self.clock = clock
+        self.wall = wall
+        self.local: LruTtl[str, CachedAnswer] = LruTtl(
+            max_entries=settings.max_entries, max_bytes=settings.max_bytes, ttl_s=settings.ttl_s
+        )
+        self.stats = CacheStats()
+        self.bucket = prefixed_name(subject_prefix, settings.bucket) if settings.bucket else None
+        self._js = _jetstream(bus) if self.bucket else None
+        self._kv: Any = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    @property
+    def shared(self) -> bool:
+        """The bucket is open: answers are shared with the other instances."""
+        return self._kv is not None
+
+    async def start(self) -> None:
+        """Create or open the bucket; without JetStream, carry on in-process only (logged)."""
+        if self._js is None or self.bucket is None:
+            return
+        s = self.settings
+        config = api.StreamConfig(
+            name=f"KV_{self.bucket}",
+            description="llm-router-agent response cache",
+            subjects=[f"$KV.{self.bucket}.>"],
+            max_age=s.ttl_s,
+            max_bytes=s.bucket_max_bytes,
+            max_msg_size=s.max_entry_bytes,
+            max_msgs_per_subject=1,
+            discard=api.DiscardPolicy.OLD,  # a full cache forgets its oldest answers
+            storage=api.StorageType.MEMORY if s.storage == "memory" else api.StorageType.FILE,
+            num_replicas=1,
+            duplicate_window=min(s.ttl_s, 120.0),
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+            allow_direct=True,
+            max_consumers=-1,
+            max_msgs=-1,
+        )
+        try:
+            try:
+                await self._js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_IN_USE:
+                    raise
+                await self._update(config)
+            self._kv = await self._js.key_value(self.bucket)
+        except (nats.errors.Error, OSError) as exc:  # nats TimeoutError is a nats Error
+            log.warning("response cache: bucket %s unavailable (%s); answers stay in this instance", self.bucket,
+                        exc)
+            self._kv = None
+
+    async def _update(self, config: api.StreamConfig) -> None:
+        """The bucket exists with other limits: config wins over the last start's. What the
+        server will not change in place (its storage) leaves the bucket as it is, said."""
+        try:
+            await self._js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            log.warning("response cache: bucket %s keeps its own settings (%s)", self.bucket, exc.description)
+
+    # ------------------------------------------------------------------ reading
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The live answer for ``key``, counted as a hit or a miss."""
+        stats = self.stats
+        answer = self.local.get(key, self.clock())
+        if answer is not None:
+            stats.hits += 1
+            stats.local_hits += 1
+            return answer
+        if self._kv is not None:
+            answer = await self._read(key)
+        if answer is None:
+            stats.misses += 1
+            return None
+        stats.hits += 1
+        return answer
+
+    async def _read(self, key: str) -> CachedAnswer | None:
+        try:
+            async with asyncio.timeout(self.settings.kv_timeout_ms / 1000):
+                entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except (nats.errors.Error, OSError) as exc:  # TimeoutError is an OSError
+            self.stats.kv_errors += 1
+            log.debug("response cache: bucket read failed: %r", exc)
+            return None
+        value = entry.value or b""
+        try:
+            answer = _decode(value)
+        except msgspec.DecodeError:  # another version's shape, or not ours: not an answer
+            self.stats.kv_errors += 1
+            return None
+        left = self.settings.ttl_s - (self.wall() - answer.stored_at)
+        if left <= 0:  # the bucket removes it a little later than its time
+            return None
+        self.local.put(key, answer, len(value), self.clock(), ttl_s=left)
+        return answer
+
+    # ------------------------------------------------------------------ writing
+
+    def put(self, key: str, answer: CachedAnswer) -> bool:
+        """Store ``answer`` here now and in the bucket soon; False when it is too large."""
+        if not answer.stored_at:
+            answer.stored_at = self.wall()
+        payload = _encode(answer)
+        if len(payload) > self.settings.max_entry_bytes:
+            self.stats.oversize += 1
+            return False
+        self.local.put(key, answer, len(payload), self.clock())
+        self.stats.stores += 1
+        if self._kv is not None:
+            if len(self._writes) >= self.settings.max_pending_writes:
+                self.stats.kv_writes_dropped += 1
+            else:
+                task = asyncio.get_running_loop().create_task(self._write(key, payload))
+                self._writes.add(task)
+                task.add_done_callback(self._writes.discard)
+        return True
+
+    async def _write(self, key: str, payload: bytes) -> None:
+        try:
+            await self._kv.put(key, payload)
+        except (nats.errors.Error, OSError) as exc:
+            self.stats.kv_errors += 1
+            log.debug("response cache: bucket write failed: %r", exc)
+
+    async def drain(self) -> None:
+        """Wait for the bucket writes on their way."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+async def replay_events(answer: CachedAnswer, piece_chars: int) -> AsyncIterator[StreamEvent]:
+    """A cached answer as an adapter's stream: text pieces, each tool call (its id and name,
+    then its arguments in pieces), then the end (with the original usage, for information)."""
+    for piece in split_pieces(answer.content, piece_chars):
+        yield TextDelta(piece)
+    for index, call in enumerate(answer.tool_calls):
+        pieces = split_pieces(call.function.arguments, piece_chars) or [""]
+        yield ToolCallDelta(index, call.id, call.function.name, pieces[0])
+        for piece in pieces[1:]:
+            yield ToolCallDelta(index, arguments=piece)
+    yield StreamEnd(answer.finish_reason, answer.usage)
+
+
+def _jetstream(bus: Any) -> Any:
+    """A JetStream context from a nats-py client (or the context itself); None without one."""
+    if bus is None:
+        return None
+    if hasattr(bus, "key_value") and hasattr(bus, "add_stream"):
+        return bus
+    jetstream = getattr(bus, "jetstream", None)
+    return jetstream() if callable(jetstream) else None
