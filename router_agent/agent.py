@@ -43,19 +43,20 @@ from datetime import UTC, datetime
 import nats.errors
 
 from router_agent.bus import Liveness, sync_subscriptions
+from router_agent.cached import CacheGate
 from router_agent.config import Config
 from router_agent.control import Control
 from router_agent.control_service import ControlService
 from router_agent.core.endpoints import endpoint_host, is_local
-from router_agent.core.engine import NOT_YET
-from router_agent.core.ledger import CostLedger
 from router_agent.http import Guard, HttpClient, policy_guard
+from router_agent.ledger_service import LedgerService
 from router_agent.monitor import HealthMonitor
 from router_agent.outbox import Outbox
 from router_agent.providers.base import Adapter
 from router_agent.registry import ProviderRegistry
 from router_agent.reports import Reports
 from router_agent.requests import RequestShell
+from router_agent.response_cache import ResponseCache
 from router_agent.routes import Route, callback
 from router_agent.state import RouterState
 from router_agent.telemetry import Tracing
@@ -87,12 +88,16 @@ class RouterAgent:
         self.subjects = Subjects(self.settings.subject_prefix)
         self.state = RouterState()
         self.tracing = tracing or Tracing(config.telemetry)
-        self.ledger = CostLedger()
+        self.ledger = LedgerService(config, self.instance_id, clock=clock)
         self.outbox = Outbox(nc, EventFactory(f"router-agent/{self.instance_id}"), self.subjects, self.state.metrics,
                              self.tracing)
         self.registry = ProviderRegistry(config, self.state, self.http, emulator_url, adapters, clock)
         self.requests = RequestShell(config, self.state, self.registry, self.outbox, self.ledger, self.tracing, clock,
                                    rng)
+        self.response_cache: ResponseCache | None = None
+        if self.settings.cache.enabled:
+            self.response_cache = ResponseCache(nc, self.settings.cache, clock, subject_prefix=self.settings.subject_prefix)
+            self.requests.cache = CacheGate(config, self.response_cache, self.state.metrics, clock)
         self.monitor = HealthMonitor(self.settings, self.registry, self.outbox, clock, self.instance_id, self.spawn)
         self.control = Control(config, self.registry, self.outbox, self.state.metrics, self.spawn)
         self.control_service = ControlService(
@@ -154,9 +159,11 @@ class RouterAgent:
     async def start(self) -> None:
         """Load configured providers, subscribe, start the periodic reports."""
         for spec in self.config.policy.strategies.values():
-            for rule, on in (("cache_responses", spec.cache),):
-                if on and rule in NOT_YET:  # accepted for the layers to come, and said, never silently ignored
-                    log.warning("routing.strategies.%s: %s", spec.name, NOT_YET[rule])
+            if spec.cache and self.response_cache is None:  # accepted, and said, never silently ignored
+                log.warning("routing.strategies.%s: cache_responses is off: router.cache.enabled is false", spec.name)
+        await self.ledger.start(self.nc)  # LedgerUnavailable: no JetStream (budgets.store says what to do)
+        if self.response_cache is not None:
+            await self.response_cache.start()  # the shared bucket; in-process only without JetStream
         await self.registry.load_configured()
         self._count_slow_consumer_drops()
         for route in self.routes():
@@ -170,6 +177,7 @@ class RouterAgent:
             if route.subject == self.subjects.llm_request:
                 self._request_sub = sub
         await self.control_service.start(self.nc)  # nats.micro: $SRV.* and router_control.<endpoint>
+        await self.ledger.serve_endpoint(self.control_service)  # router_control.cost_report
         await sync_subscriptions(self.nc)
         self.liveness = Liveness.from_config(self.nc, self.config.nats)  # reconnects a deaf client
         self.spawn(self.liveness.run())  # cancelled with the other tasks in stop()
@@ -210,6 +218,9 @@ class RouterAgent:
         if leftover:
             await asyncio.wait(leftover, timeout=5)
         await self.requests.planner.drain()
+        await self.ledger.stop()  # every request is answered: ship their spend, give back leases
+        if self.response_cache is not None:
+            await self.response_cache.drain()
         if drained is not None:
             with contextlib.suppress(nats.errors.Error, OSError, RuntimeError, TimeoutError):
                 async with asyncio.timeout(5):

@@ -45,42 +45,41 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from router_agent.chainrun import ChainRun, Charge, Outcome, skipped
+from router_agent.attempt import OneAttempt
+from router_agent.chainrun import ChainRun, Outcome, skipped
 from router_agent.core.limiter import NEVER
 from router_agent.core.model import Deployment
-from router_agent.core.redact import redact
 from router_agent.core.retry import RetryBudget, RetryPolicy
+from router_agent.ledger_service import Hold, LedgerService
 from router_agent.outcomes import Outcomes, Pass
-from router_agent.providers.base import ProviderError
 from router_agent.registry import ProviderRegistry
 from router_agent.settings import RouterSettings
 from router_agent.telemetry import Telemetry
-from signals import Attempt, ErrorInfo, LlmRequest
 
 if TYPE_CHECKING:
     from router_agent.waitroom import WaitRoom
 
 
 class AttemptChain:
-    def __init__(self, settings: RouterSettings, registry: ProviderRegistry, outcomes: Outcomes, charge: Charge,
+    def __init__(self, settings: RouterSettings, registry: ProviderRegistry, outcomes: Outcomes, ledger: LedgerService,
                  waitroom: WaitRoom, clock: Callable[[], float], rng: random.Random,
                  retry_policy: RetryPolicy, new_retry_budget: Callable[[], RetryBudget],
-                 tracing: Telemetry, reserve: Callable[[LlmRequest, Deployment], str | None] | None = None):
+                 tracing: Telemetry):
         self.settings = settings
         self.registry = registry
         self.outcomes = outcomes
-        self.charge = charge
+        self.ledger = ledger
         self.waitroom = waitroom
         self.clock = clock
         self.rng = rng
         self.retry_policy = retry_policy
         self.new_retry_budget = new_retry_budget
         self.retry_budgets: dict[str, RetryBudget] = {}
-        self.reserve = reserve
         self.tracing = tracing
+        self.one = OneAttempt(registry, outcomes, ledger, clock, tracing)
 
     # ------------------------------------------------------------------ the chain
 
@@ -97,12 +96,15 @@ class AttemptChain:
                 if not run.running or (hedge_after is not None and now >= hedge_after and len(run.running) < 2):
                     picked = self._pick(run, now)
                     if picked is not None:
-                        dep, admission, is_retry = picked
+                        dep, admission, is_retry, hold = picked
                         hedging = bool(run.running)
-                        self._start(run, dep, admission, is_retry, hedging)
+                        self._start(run, dep, admission, is_retry, hedging, hold)
                         hedge_after = None
                         if run.hedge and run.relay is None and not hedging:
                             hedge_after = self._hedge_at(run, dep, now)
+                    elif run.lease_short is not None and not run.running:
+                        await self._renew_lease(run)
+                        continue
                     elif not run.running:
                         wake = self._next_chance(run, now)
                         if wake is None or now == waited_at:  # a clock that stood still (a test's)
@@ -134,6 +136,14 @@ class AttemptChain:
         finally:
             await self._cancel_running(run)
 
+    async def _renew_lease(self, run: ChainRun) -> None:
+        """This instance's share of a budget ran short: lease more (one round trip), once."""
+        dep, run.lease_short, run.lease_renewed = run.lease_short, None, True
+        assert dep is not None
+        held = await self.ledger.admit(run.request, dep)
+        if isinstance(held, Hold):
+            self.ledger.release(held)  # the lease is renewed: the next pick reserves for real
+
     async def _settle_others(self, run: ChainRun) -> Outcome | None:
         """A failure that ends the chain while a hedge still runs: the hedge may still win."""
         while run.running:
@@ -159,7 +169,7 @@ class AttemptChain:
 
     # ------------------------------------------------------------------ picking
 
-    def _pick(self, run: ChainRun, now: float) -> tuple[Deployment, Pass, bool] | None:
+    def _pick(self, run: ChainRun, now: float) -> tuple[Deployment, Pass, bool, Hold] | None:
         registry, outcomes = self.registry, self.outcomes
         breakers = registry.state.circuit_breakers
         limiters = registry.limiters
@@ -177,25 +187,40 @@ class AttemptChain:
             limiter = limiters.get(key)
             if limiter is not None and not limiter.allows(now, tokens):
                 continue
-            if self.reserve is not None:
-                refusal = self.reserve(run.request, dep)
-                if refusal:
-                    run.budget_refusal = refusal
-                    run.dropped.add(key)
-                    run.attempts.append(skipped(dep, "budget_exceeded", refusal))
-                    continue
+            hold = self._hold(run, dep)
+            if hold is None:
+                continue
             admission = outcomes.admit(dep, now)
             if admission is None:  # allows() said yes at this same instant: cannot happen
+                self.ledger.release(hold)
                 continue
             if limiter is not None:
                 limiter.admit(now, tokens)
-            return dep, admission, run.retries.get(key, 0) > 0
+            return dep, admission, run.retries.get(key, 0) > 0, hold
         if not run.attempts and not run.running and open_only and len(open_only) == self._left(run, busy):
             # Every candidate is cooling down: probe the one whose cooldown ends first.
             dep = min(open_only, key=lambda d: breakers[d.key].retry_at(now))
-            admission = outcomes.admit(dep, now, forced=True)
-            if admission is not None:
-                return dep, admission, False
+            hold = self._hold(run, dep)
+            if hold is not None:
+                admission = outcomes.admit(dep, now, forced=True)
+                if admission is not None:
+                    return dep, admission, False, hold
+                self.ledger.release(hold)
+        return None
+
+    def _hold(self, run: ChainRun, dep: Deployment) -> Hold | None:
+        """Reserve the attempt's estimated cost in the budgets; None when one refuses (a cap:
+        the candidate is dropped; this instance's lease: renewed once, then tried again)."""
+        held = self.ledger.reserve(run.request, dep, (run.active.input_tokens,
+                                                      run.active.tokens - run.active.input_tokens))
+        if isinstance(held, Hold):
+            return held
+        if held.reason == "lease" and not run.lease_renewed:
+            run.lease_short = dep
+            return None
+        run.budget_refusal = held.message()
+        run.dropped.add(dep.key)
+        run.attempts.append(skipped(dep, "budget_exceeded", run.budget_refusal))
         return None
 
     @staticmethod
@@ -291,7 +316,8 @@ class AttemptChain:
 
     # ------------------------------------------------------------------ one attempt
 
-    def _start(self, run: ChainRun, dep: Deployment, admission: Pass, is_retry: bool, hedge: bool) -> None:
+    def _start(self, run: ChainRun, dep: Deployment, admission: Pass, is_retry: bool, hedge: bool,
+               hold: Hold) -> None:
         now = self.clock()
         metrics = self.registry.state.metrics
         if hedge:
@@ -309,104 +335,8 @@ class AttemptChain:
         run.active.provider = dep.provider
         run.active.model = dep.model
         self.outcomes.attempt_started(dep, now, run.active.tokens)
-        attempt = self._attempt(run, dep, admission, now, min(budget, remaining), budget < remaining, is_retry, hedge)
+        attempt = self.one.attempt(run, dep, admission, hold, now, min(budget, remaining), budget < remaining,
+                                   is_retry, hedge)
         task = asyncio.get_running_loop().create_task(
-            self._traced(run, dep, attempt) if self.tracing.enabled else attempt)
+            self.one.traced(run, dep, attempt) if self.tracing.enabled else attempt)
         run.running[task] = dep
-
-    async def _traced(self, run: ChainRun, dep: Deployment, attempt: Coroutine[Any, Any, Outcome]) -> Outcome:
-        """The attempt inside a GenAI client span (only when telemetry is on)."""
-        span, _ = self.tracing.attempt_start(dep, run.traceparent)
-        try:
-            outcome = await attempt
-        except BaseException as exc:
-            self.tracing.attempt_end(span, error_type="cancelled" if isinstance(exc, asyncio.CancelledError)
-                                     else "internal")
-            raise
-        done = outcome.completion
-        if done is not None:
-            self.tracing.attempt_end(span, dep.model_id, done.input_tokens, done.output_tokens,
-                                     finish_reason=done.finish_reason)
-        else:
-            self.tracing.attempt_end(span, error_type=outcome.error.code if outcome.error else "timeout")
-        return outcome
-
-    async def _attempt(self, run: ChainRun, dep: Deployment, admission: Pass, began: float, bound: float,
-                       own_timeout: bool, is_retry: bool, hedge: bool) -> Outcome:
-        registry, outcomes = self.registry, self.outcomes
-        request = run.request
-        relay = run.relay
-        key = registry.secrets.get(dep.provider)
-        scope = asyncio.timeout(bound)
-        outcome = Outcome(dep)
-        try:
-            async with scope:
-                if relay is None:
-                    completion = await registry.adapter(dep).complete(request, dep, key)
-                else:
-                    relay.deployment = dep
-                    completion = await relay.attempt(registry.adapter(dep).stream(request, dep, key),
-                                                     scope, run.deadline)
-        except ProviderError as exc:
-            latency = (self.clock() - began) * 1000
-            outcomes.record_failure(dep, admission, latency, self.clock(), exc, run.active.tokens)
-            run.attempts.append(Attempt(
-                provider=dep.provider, model=dep.model, outcome="error", latency_ms=round(latency, 3),
-                retry=is_retry, hedge=hedge,
-                # Upstream text may echo a key: none that the agent knows, nor any key-shaped string, leaves.
-                error=ErrorInfo(code=exc.code, message=redact(exc.message, registry.secrets.known()),
-                                retryable=exc.retryable),
-            ))
-            outcome.error = exc
-            return outcome
-        except TimeoutError:
-            latency = (self.clock() - began) * 1000
-            if not scope.expired():  # not our bound: a bug below, contained by serve()
-                self._broken(run, dep, admission, latency)
-                raise
-            if own_timeout and (relay is None or not relay.committed):
-                # The attempt's own bound: the provider's failure; the chain moves on.
-                outcomes.record_timeout(dep, admission, latency, self.clock())
-                run.attempts.append(Attempt(
-                    provider=dep.provider, model=dep.model, outcome="timeout", latency_ms=round(latency, 3),
-                    retry=is_retry, hedge=hedge,
-                    error=ErrorInfo(code="timeout", retryable=True,
-                                    message=f"provider did not answer within {bound * 1000:.0f} ms"),
-                ))
-                return outcome
-            outcomes.record_abandon(dep, admission, run.active.tokens)  # the caller's deadline
-            run.attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="timeout",
-                                        latency_ms=round(latency, 3), retry=is_retry, hedge=hedge))
-            outcome.deadline_hit = True
-            return outcome
-        except asyncio.CancelledError:
-            # A lost hedge or a shutdown: not the provider's fault. A lost hedge was sent,
-            # so the provider bills its input: booked by estimate.
-            outcomes.record_abandon(dep, admission, run.active.tokens)
-            cost = 0.0
-            if run.won:
-                cost = self.charge(request, dep, run.active.input_tokens, 0, 0)
-            run.attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="cancelled",
-                                        latency_ms=round((self.clock() - began) * 1000, 3),
-                                        retry=is_retry, hedge=hedge, cost_usd=round(cost, 10)))
-            raise
-        except Exception:
-            self._broken(run, dep, admission, (self.clock() - began) * 1000)
-            raise
-        latency = (self.clock() - began) * 1000
-        cost = self.charge(request, dep, completion.input_tokens, completion.output_tokens,
-                           completion.cached_input_tokens)
-        outcomes.record_success(dep, admission, latency, completion, cost, run.active.tokens, self.clock())
-        run.attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="ok", latency_ms=round(latency, 3),
-                                    retry=is_retry, hedge=hedge, cost_usd=round(cost, 10)))
-        outcome.completion = completion
-        outcome.cost = cost
-        return outcome
-
-    def _broken(self, run: ChainRun, dep: Deployment, admission: Pass, latency_ms: float) -> None:
-        """An adapter raised what it must not (a bug): give the admission back, say so in the
-        attempts, and let serve() answer ``internal``. Not counted against the provider."""
-        self.outcomes.record_abandon(dep, admission, run.active.tokens)
-        run.attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="error",
-                                    latency_ms=round(latency_ms, 3),
-                                    error=ErrorInfo(code="internal", message="internal router error")))

@@ -6,7 +6,6 @@ Plain data, written only by ``chain.py`` (and read by ``requests.py`` to answer)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +17,6 @@ if TYPE_CHECKING:
     from router_agent.core.lifecycle import RequestLifecycle
     from router_agent.state import ActiveRequest
     from router_agent.streaming import StreamRelay
-
-Charge = Callable[[LlmRequest, Deployment, int, int, int], float]
-"""Book tokens (input, output, cached input) a deployment billed; returns the cost in USD."""
-
 
 @dataclass(slots=True)
 class Outcome:
@@ -58,6 +53,9 @@ class ChainRun:
     """The shortest wait a rate limiter asked for when nothing else could go (for the answer)."""
     too_large: bool = False
     """A candidate was passed over because the request exceeds its tokens per minute."""
+    lease_short: Deployment | None = None
+    """A candidate refused only because this instance's budget lease ran short."""
+    lease_renewed: bool = False
     won: bool = False
     """An attempt succeeded: the others still running are cancelled (and billed)."""
     budget_refusal: str = ""

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from router_agent.config import Config
 from router_agent.core.engine import decide
-from router_agent.core.ledger import CostLedger
 from router_agent.core.model import Deployment
 from router_agent.core.strategies import Scored
+from router_agent.ledger_service import LedgerService
 from router_agent.outbox import Outbox
 from router_agent.registry import ProviderRegistry
 from router_agent.state import ActiveRequest, RouterState
@@ -32,7 +32,7 @@ log = logging.getLogger("router_agent")
 
 class Planner:
     def __init__(self, config: Config, state: RouterState, registry: ProviderRegistry, outbox: Outbox,
-                 ledger: CostLedger, clock: Callable[[], float], rng: random.Random | None = None):
+                 ledger: LedgerService, clock: Callable[[], float], rng: random.Random | None = None):
         self.config = config
         self.settings = config.router
         self.policy = config.policy
@@ -72,7 +72,7 @@ class Planner:
         plan = decide(
             request, policy=self.policy, catalog=self.registry, aliases=self.config.aliases,
             breakers=self.state.circuit_breakers, overrides=self.state.routing_overrides,
-            daily_cloud_cost=self.ledger.cloud_spend(utc_day()), now=self.clock(), rng=self.rng,
+            daily_cloud_cost=self.ledger.daily_cloud_cost(), now=self.clock(), rng=self.rng,
             cursor=lb.cursor, limit=self.settings.max_attempts,
         )
         lb.cursor += 1
@@ -120,7 +120,8 @@ class Planner:
         else:
             await self.outbox.publish(subject, "routing_decision", decision, traceparent)
         verifier = plan.verify_with.dep if plan.verify_with is not None else None
-        return Planned([c.dep for c in ordered], plan.reason, verifier, plan.hedge)
+        return Planned([c.dep for c in ordered], plan.reason, verifier, plan.hedge, plan.cache,
+                       plan.privacy_constraint == "privacy")
 
 
 @dataclass(slots=True)
@@ -131,6 +132,10 @@ class Planned:
     reason: str
     verifier: Deployment | None
     hedge: bool
+    cache: bool = False
+    """The strategy's ``cache_responses``."""
+    private: bool = False
+    """Privacy kept the request local (privacy level high, or personal data found)."""
 
 
 def _candidate(c: Scored) -> Candidate:

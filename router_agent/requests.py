@@ -43,18 +43,19 @@ from typing import Any
 
 import msgspec
 
+from router_agent.cached import CacheGate
 from router_agent.chain import AttemptChain
 from router_agent.chainrun import ChainRun
 from router_agent.config import Config
-from router_agent.core.cost import cost_usd
-from router_agent.core.ledger import CostLedger
+from router_agent.core.cost import usd
 from router_agent.core.lifecycle import RequestLifecycle
 from router_agent.core.model import Deployment
 from router_agent.core.redact import redact
 from router_agent.core.retry import RetryBudget, RetryPolicy
+from router_agent.ledger_service import LedgerService
 from router_agent.outbox import Outbox, invalid_request_answer
 from router_agent.outcomes import Outcomes
-from router_agent.planner import Planner, utc_day
+from router_agent.planner import Planner
 from router_agent.providers.base import estimated_usage
 from router_agent.registry import ProviderRegistry
 from router_agent.state import ActiveRequest, RouterState
@@ -90,7 +91,7 @@ class RequestShell:
         state: RouterState,
         registry: ProviderRegistry,
         outbox: Outbox,
-        ledger: CostLedger,
+        ledger: LedgerService,
         tracing: Tracing,
         clock: Callable[[], float],
         rng: random.Random | None = None,
@@ -112,13 +113,15 @@ class RequestShell:
         retry = self.settings.retry
         self.outcomes = Outcomes(registry, clock)
         self.chain = AttemptChain(
-            self.settings, registry, self.outcomes, self._charge, self.waitroom, clock, rng,
+            self.settings, registry, self.outcomes, ledger, self.waitroom, clock, rng,
             RetryPolicy(initial_s=retry.initial_s, max_s=retry.max_s, multiplier=retry.multiplier,
                         max_retries=retry.max_retries, min_attempt_s=retry.min_attempt_s),
             lambda: RetryBudget(ratio=retry.budget_ratio, min_retries_per_s=retry.budget_min_per_s,
                                 window_s=retry.budget_window_s),
             tracing,
         )
+        self.cache: CacheGate | None = None
+        """The response cache on the path (the agent sets it when ``router.cache.enabled``)."""
         self.refusing = False
         """Set when the shutdown grace period is over: requests still buffered are refused."""
 
@@ -310,6 +313,11 @@ class RequestShell:
         timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
         deadline = started + timeout_ms / 1000
         verifier = planned.verifier
+        cache_key = None
+        if self.cache is not None:
+            cache_key, hit = await self.cache.lookup(request, planned, started, deadline, relay)
+            if hit is not None:
+                return hit
         if relay is not None and verifier is not None:
             relay.declined, relay = True, None  # the verifier's answer replaces the draft: nothing to stream
         response = await self._chain(request, planned.ordered, deadline, timeout_ms, started, active, attempts, life,
@@ -318,6 +326,8 @@ class RequestShell:
             response = await self._verify(request, response, verifier, deadline, started, active, attempts, life)
         if request.stream and verifier is not None:
             response.warnings.append(VERIFIED_NOT_STREAMED)
+        if cache_key is not None and self.cache is not None:
+            self.cache.store(cache_key, response)
         return response
 
     async def _chain(
@@ -377,14 +387,6 @@ class RequestShell:
                               "limit of every candidate allows", False, attempts)
         return _error(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
 
-    def _charge(self, request: LlmRequest, dep: Deployment, tokens_in: int, tokens_out: int,
-                cached_in: int = 0) -> float:
-        """Price tokens a deployment produced and book them in the ledger; the cost."""
-        cost = cost_usd(tokens_in, tokens_out, dep.price_in, dep.price_out)
-        self.ledger.charge(request.agent_id, dep.model, dep.provider, tokens_in, tokens_out, cost,
-                           cloud=dep.type == "cloud", day=utc_day())
-        self.state.metrics.total_cost += cost
-        return cost
 
     def _cut(self, request: LlmRequest, relay: StreamRelay, attempts: list[Attempt],
              stopped: bool = False) -> LlmResponse:
@@ -393,7 +395,8 @@ class RequestShell:
         dep = relay.deployment
         assert dep is not None  # committed: an attempt sent a chunk
         usage = estimated_usage(request, relay.chars)
-        cost = self._charge(request, dep, usage.input_tokens, usage.output_tokens)
+        cost = usd(self.ledger.charge(request.agent_id, dep, usage))  # its hold was released at the failure
+        self.state.metrics.total_cost += cost
         return cut_answer(relay, attempts, usage, cost, self.state.providers[dep.provider].emulated, stopped)
 
 

@@ -82,7 +82,7 @@ class CacheConfig(Strict):
     """The key-value bucket shared by instances, prefixed with ``router.subject_prefix``
     (dots as underscores) so routers on different prefixes never share answers; null: the
     in-process layer only."""
-    bucket_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    bucket_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """The bucket's size; when it is full the oldest answers go."""
     storage: Literal["memory", "file"] = "memory"
     """The bucket's storage. Memory by default: a cache needs no disk, and answers to

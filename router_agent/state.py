@@ -124,6 +124,10 @@ class Metrics:
     """Attempts that went to another deployment after a failure."""
     hedges: int = 0
     """Second attempts started while the first was still running."""
+    cache_hits: int = 0
+    """Requests answered from the response cache."""
+    cache_misses: int = 0
+    """Cacheable requests the cache did not hold (answered by a provider, then stored)."""
 
 
 @dataclass(slots=True)

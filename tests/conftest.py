@@ -107,6 +107,9 @@ def make_config(tmp_path: Path, prefix: str):
                     "shutdown_grace_s": 5,
                     "probe_timeout_ms": 500,  # a failed probe is answered only when it has passed
                     "circuit_breaker": {"failure_threshold": 3, "cooldown_s": 60},
+                    # every test's agent makes its own (prefixed) cache bucket on the shared
+                    # server: small ones, or JetStream's memory runs out across the session
+                    "cache": {"bucket_max_bytes": 1_048_576},
                 },
                 "emulation": {"mode": "always"},
                 "security": {"endpoints": {"private_networks_allowed": ["127.0.0.0/8", "::1/128"]}},

@@ -49,7 +49,8 @@ the policy allows loopback); nothing is ever sent there, the mock answers."""
 FAST_OVERRIDES: dict[str, Any] = {
     "emulation": {"mode": "always"},
     # The periodic reports are not what these tests look at: keep them out of the way.
-    "router": {"metrics_interval_s": 60, "cost_report_interval_s": 60},
+    "router": {"metrics_interval_s": 60, "cost_report_interval_s": 60,
+               "budgets": {"store": "memory"}},  # no JetStream on the in-memory bus
 }
 
 REPLY_PREFIX = "_INBOX.fast"

@@ -75,7 +75,7 @@ async def test_info_lists_every_endpoint_under_the_prefix(routers, operator):
     info = await srv(operator, "INFO", agent)
     assert info["name"] == SERVICE_NAME
     endpoints = {e["name"]: e for e in info["endpoints"]}
-    assert set(endpoints) == {"set_primary", "override_strategy", "force_model", "clear", "table"}
+    assert set(endpoints) == {"set_primary", "override_strategy", "force_model", "clear", "table", "cost_report"}
     for name, endpoint in endpoints.items():
         assert endpoint["subject"] == f"{agent.subjects.prefix}router_control.{name}"
         assert endpoint["queue_group"] == "router"

@@ -240,9 +240,8 @@ async def test_a_subscriber_rebuilds_the_ledger_from_the_stream(ledger_config, n
 
 
 async def test_the_report_on_demand_and_router_agent_cost(agents, ledger_config, nc, nats_url, prefix, capsys):
-    agent = await agents.start()
-    ledger = await open_ledger(ledger_config(daily_usd=5.0), nc, "reporter")
-    await ledger.serve_endpoint(agent.control_service)
+    agent = await agents.start({"router": {"instance_id": "reporter", "budgets": {"daily_usd": 5.0}}})
+    ledger = agent.ledger  # the agent serves router_control.cost_report from its own ledger
     ledger.charge("qa", CLOUD_DEP, sig.Usage(input_tokens=1000, output_tokens=100))
     await ledger.flush()
     subjects = sig.Subjects(prefix)
@@ -258,4 +257,3 @@ async def test_the_report_on_demand_and_router_agent_cost(agents, ledger_config,
     assert await cost_cli._ask(args, nats_url) == 0
     printed = capsys.readouterr().out
     assert "every instance (shared ledger)" in printed and "openai" in printed and "0.013000" in printed
-    await ledger.stop()

@@ -71,10 +71,6 @@ TYPE_COMPLEXITY = {
 }
 """Complexity a task type starts from when the caller gives none (others: 3)."""
 _NO_AGENT = AgentPolicy()
-NOT_YET = {
-    "cache_responses": "cache_responses: not in effect yet (the response cache is still to come)",
-}
-"""Strategy rules the policy accepts and the engine carries, that no layer acts on yet: said, never silent."""
 
 
 class Catalog(Protocol):
@@ -360,8 +356,6 @@ def decide(
             notes.append(f"{verify_rule}: no stronger model may serve this request; answered unverified")
         else:
             notes.append(f"{verify_rule}: {ordered[0].dep.model} answers, {base.verify_with.dep.model} verifies")
-    if spec.cache and "cache_responses" in NOT_YET:
-        notes.append(NOT_YET["cache_responses"])
     base.confidence = confidence(ordered, decided_by)
     return base
 
