@@ -36,7 +36,7 @@ PASSWORDS = {
     "NATS_AGENT_BACKEND_AGENT_PASSWORD": "pBackend-a8b7_z5",
     "NATS_SNOOP_PASSWORD": "pSnoop-0e9d_m3",
 }
-ROUTER_SUBJECT = re.compile(r'"(llm_|routing_decision|routing_control|provider_|cost_report|router_error|router_control)')
+ROUTER_SUBJECT = re.compile(r'"(llm_|routing_decision|routing_control|provider_|cost_report|cost_event|router_error|router_control)')
 # Only for the demonstration of what "_INBOX.>" would give away; not in the shipped file.
 SNOOP_USER = '{ user: snoop, password: $NATS_SNOOP_PASSWORD, permissions: { subscribe: "_INBOX.>" } }'
 
