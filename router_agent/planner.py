@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -149,8 +148,3 @@ def _describe(d: RoutingDecision) -> str:
     removed = ", ".join(f"{r.model}: {r.constraint}" for r in d.rejected)
     return (f"{chosen} by {d.rule or '-'} (strategy {d.strategy}, confidence {d.confidence}); {d.reason}"
             + (f"; removed {removed}" if removed else "") + (f"; {'; '.join(d.notes)}" if d.notes else ""))
-
-
-def utc_day(clock: Callable[[], float] = time.time) -> int:
-    """Days since the epoch, UTC: the key of today's spend (cheaper than a date per request)."""
-    return int(clock() // 86400)

@@ -8,7 +8,6 @@ and ``metrics.error_rates`` (the snapshot's copy of what it publishes).
 from __future__ import annotations
 
 from router_agent.config import RouterSettings
-from router_agent.core.ledger import CostLedger
 from router_agent.ledger_service import LedgerService
 from router_agent.outbox import Outbox
 from router_agent.registry import ProviderRegistry
@@ -22,7 +21,7 @@ class Reports:
         settings: RouterSettings,
         state: RouterState,
         registry: ProviderRegistry,
-        ledger: CostLedger | LedgerService,
+        ledger: LedgerService,
         outbox: Outbox,
         instance_id: str,
         started_at: str,
@@ -49,7 +48,7 @@ class Reports:
 
     def cost_report(self) -> CostReport:
         """The ledger's figures: the shared ledger's (``LedgerService.report``: every instance,
-        budgets, projection) or, before it is wired in, this process's ``CostLedger``."""
+        budgets, projection)."""
         return self.ledger.report(self.instance_id, self.started_at)
 
     async def publish_cost_report(self) -> None:

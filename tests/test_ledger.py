@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import signals as sig
 from router_agent.core.budget import ALL, CLOUD, Refusal
 from router_agent.core.cost import MAX_CORRECTION, CostEstimator, cost_micros, micros, usd
-from router_agent.core.ledger import Calendar, CostLedger, epoch_day, recent_days
+from router_agent.core.ledger import Calendar, CostLedger, recent_days
 from router_agent.core.model import Deployment
 from router_agent.ledger_service import Hold, LedgerService, caps_of
 from router_agent.providers import anthropic, gemini, ollama, openai
@@ -187,15 +187,6 @@ def test_merge_take_and_entries_add_up():
     assert rebuilt == a
     taken = a.take()
     assert len(a) == 0 and len(taken) == 2 and taken.only(["e"]).days() == {"e"}
-
-
-def test_the_foundations_call_still_books_usd_by_epoch_day():
-    ledger = CostLedger()
-    ledger.charge("qa", "gpt", "openai", 100, 50, 0.0125, cloud=True, day=20_000)
-    assert epoch_day(20_000) == "2024-10-04"
-    assert ledger.cloud_spend(20_000) == ledger.cloud_spend("2024-10-04") == 0.0125
-    report = ledger.report("i", "since")
-    assert report.by_provider["openai"].cost_micros == 12_500 and report.by_day == {"2024-10-04": report.total}
 
 
 def test_days_roll_over_at_midnight_of_the_configured_zone():

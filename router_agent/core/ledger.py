@@ -30,7 +30,7 @@ from datetime import date, datetime, timedelta, tzinfo
 
 import msgspec
 
-from router_agent.core.cost import MICROS_PER_USD, micros
+from router_agent.core.cost import MICROS_PER_USD
 from signals import BudgetStatus, CostEntry, CostEvent, CostLine, CostReport
 
 LineKey = tuple[str, str, str, str]
@@ -162,19 +162,6 @@ class CostLedger:
             projected_day_usd=None if projected_day_micros is None else projected_day_micros / MICROS_PER_USD,
         )
 
-    # ------------------------------------------------------------------ before the shared ledger
-
-    def charge(self, agent: str, model: str, provider: str, tokens_in: int, tokens_out: int, cost: float,
-               *, cloud: bool = False, day: int | str = 0) -> None:
-        """The foundation's call (USD, days since the epoch); ``book`` is the ledger's own.
-        Kept while ``requests.py`` moves to ``LedgerService``."""
-        self.book(epoch_day(day), agent, provider, model, cloud=cloud, micros=micros(cost),
-                  input_tokens=tokens_in, output_tokens=tokens_out)
-
-    def cloud_spend(self, day: int | str) -> float:
-        """USD spent on cloud models on ``day`` (a date, or days since the epoch in UTC)."""
-        return self.spent(epoch_day(day), cloud_only=True) / MICROS_PER_USD
-
 
 def with_batch(event: CostEvent, raw: bytes | None) -> bytes | None:
     """An instance's record of ``event.day`` (the JSON of a ``cost_event`` holding the day's
@@ -188,11 +175,6 @@ def with_batch(event: CostEvent, raw: bytes | None) -> bytes | None:
     lines.add_entries(event.day, event.entries)
     return msgspec.json.encode(CostEvent(instance_id=event.instance_id, day=event.day, batch=event.batch,
                                          entries=lines.entries(event.day)))
-
-
-def epoch_day(day: int | str) -> str:
-    """``YYYY-MM-DD`` for a date string (unchanged) or for days since 1970-01-01."""
-    return day if isinstance(day, str) else date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
 
 
 def _view(lines: dict[LineKey, Spend]) -> CostLedger:
