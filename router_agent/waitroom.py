@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router_agent.core.limiter import WaitQueue
+from router_agent.core.waitqueue import WaitQueue
 
 
 @dataclass(slots=True, eq=False)

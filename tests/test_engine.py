@@ -8,6 +8,7 @@ anything."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 from collections.abc import Iterable, Mapping
@@ -142,13 +143,14 @@ def window(left: float, rpm: int = 50, tpm: int | None = None, tokens_left: floa
            age: float = 0.0) -> DeploymentLimiter:
     """A rate limiter (``core/limiter.py``) with ``left`` requests of ``rpm`` in its bucket
     ``age`` seconds before NOW (it refills rpm/60 a second since)."""
-    limiter = DeploymentLimiter.per_minute(rpm, tpm, NOW - age)
-    assert limiter.requests is not None
-    limiter.requests.level = left
+    full = DeploymentLimiter.per_minute(rpm, tpm, NOW - age)
+    assert full.requests is not None
+    requests = dataclasses.replace(full.requests, level=left)
+    tokens = full.tokens
     if tokens_left is not None:
-        assert limiter.tokens is not None
-        limiter.tokens.level = tokens_left
-    return limiter
+        assert tokens is not None
+        tokens = dataclasses.replace(tokens, level=tokens_left)
+    return DeploymentLimiter(requests=requests, tokens=tokens)  # built whole: its full_at is computed
 
 
 # --------------------------------------------------------------------------- 7. the design's examples

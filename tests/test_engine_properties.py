@@ -19,6 +19,7 @@ Checked for every world:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -345,12 +346,10 @@ def violation(d, world: World, inputs: dict[str, Any], pii_found: bool) -> str |
 
 
 def _limiter(rpm: int | None, tpm: int | None, left: float, blocked_for: float) -> DeploymentLimiter:
-    limiter = DeploymentLimiter.per_minute(rpm, tpm, NOW)
-    for bucket in (limiter.requests, limiter.tokens):
-        if bucket is not None:
-            bucket.level = min(bucket.capacity, left * (1 if bucket is limiter.requests else 100))
-    limiter.blocked_until = NOW + blocked_for
-    return limiter
+    full = DeploymentLimiter.per_minute(rpm, tpm, NOW)
+    requests, tokens = (None if b is None else dataclasses.replace(b, level=min(b.capacity, left * scale))
+                        for b, scale in ((full.requests, 1), (full.tokens, 100)))
+    return DeploymentLimiter(requests=requests, tokens=tokens, blocked_until=NOW + blocked_for)
 
 
 def allowed_cooling(plan: Plan, world: World, key: tuple[str, str]) -> bool:

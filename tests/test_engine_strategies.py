@@ -11,10 +11,11 @@ from collections import Counter
 
 import pytest
 
+from router_agent.core.model import CAPACITY
 from router_agent.core.observed import DeploymentStats
 from router_agent.core.policy import BUILDING_BLOCKS, StrategySpec
 from router_agent.core.routing import ProviderView
-from router_agent.core.strategies import ADAPTIVE_FLOOR, CAPACITY, CLOUD_PRIOR_MS
+from router_agent.core.strategies import ADAPTIVE_FLOOR, CLOUD_PRIOR_MS
 from signals import Params, Requirements, Task
 from tests.test_engine import catalog, dep, first, models, policy_of, req, run
 

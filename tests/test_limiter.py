@@ -17,14 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from router_agent.core.limiter import (
-    APPROACHING_BELOW,
-    DEFAULT_PRIORITY,
-    NEVER,
-    DeploymentLimiter,
-    TokenBucket,
-    WaitQueue,
-)
+from router_agent.core.limiter import APPROACHING_BELOW, NEVER, DeploymentLimiter, TokenBucket
+from router_agent.core.waitqueue import DEFAULT_PRIORITY, WaitQueue
 
 SLACK = 1e-6  # float rounding in sums of fractional refills, far below one token
 
@@ -424,3 +418,35 @@ def test_the_queue_matches_a_sorted_list(max_size, ops):
         assert queue.peek() is (model[0][1] if model else None)
         assert queue.next_deadline() == (min(row[0][1] for row in model) if model else None)
     assert [queue.pop() for _ in model] == [w for _, w in sorted(model, key=lambda row: row[0])]
+
+
+@settings(max_examples=150, deadline=None)
+@given(rpm=st.none() | st.integers(1, 20), tpm=st.none() | st.integers(1, 1000),
+       ops=st.lists(LIMITER_OPS, max_size=40), probes=st.lists(st.floats(0, 90), min_size=1, max_size=4),
+       tokens=st.integers(0, 1200))
+def test_the_full_at_shortcut_reads_exactly_what_the_buckets_hold(rpm, tpm, ops, probes, tokens):
+    """``headroom`` and ``allows`` skip the buckets from ``full_at`` on: after any writes, at
+    any later time, they answer as a limiter that reads its buckets every time."""
+    limiter = DeploymentLimiter.per_minute(rpm, tpm)
+    now = 0.0
+    held: list[int] = []
+    for op, arg in ops:
+        if op == "tick":
+            now += arg
+        elif op == "admit":
+            if limiter.admit(now, arg) == 0.0:
+                held.append(arg)
+        elif held and op == "settle":
+            limiter.settle(now, held.pop(0), arg)
+        elif held and op == "refund":
+            limiter.refund(now, held.pop())
+        elif op == "observe":
+            remaining_requests, remaining_tokens, retry_after = arg
+            limiter.observe(now, retry_after_s=retry_after, remaining_requests=remaining_requests,
+                            remaining_tokens=remaining_tokens)
+        reading = copy.deepcopy(limiter)
+        reading.full_at = math.inf  # never "full": every read goes to the buckets
+        for later in probes:
+            at = now + later
+            assert limiter.headroom(at) == pytest.approx(reading.headroom(at), abs=1e-9)
+            assert limiter.allows(at, tokens) == reading.allows(at, tokens)

@@ -1,7 +1,7 @@
 """Rate limits per deployment (provider + model) and the queue of requests waiting for them (pure).
 
 Writes nothing outside its own objects: the registry owns one ``DeploymentLimiter`` per
-``(provider, model)`` in ``rate_limiters``; the request shell owns the ``WaitQueue``.
+``(provider, model)`` in ``rate_limiters``.
 
 Rules
 -----
@@ -51,18 +51,20 @@ Routing filters candidates with ``allows`` (~250 ns: slot reads, no calls into t
 buckets) and reads ``headroom`` (as cheap): ``model.rate_limit_approaching`` is
 ``headroom(now) < APPROACHING_BELOW``. A blocked deployment has no headroom.
 
-``WaitQueue`` holds requests no candidate could take: highest ``priority`` first, then the
-earliest deadline, then arrival order. The shell re-tries the head when capacity frees,
-takes out whatever ``expired(now)`` returns (answering those ``rate_limited``), and refuses
-to queue a request whose wait outlasts its deadline (answering at once, with the wait).
+``full_at`` makes the common read free: the time from which no block holds and both
+buckets are full again if nothing is taken meanwhile. Every write recomputes it
+(``_refresh``), so ``now >= full_at`` means headroom 1.0 and every request that fits a
+bucket's capacity allowed; routing's loop over every candidate checks that one slot and
+reads the buckets only for deployments actually in use near their limits. Code that
+changes a bucket goes through the limiter's methods, never the fields.
+
+The requests no candidate could take wait in a ``core.waitqueue.WaitQueue``.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
-from typing import Any
 
 SECONDS_PER_MINUTE = 60.0
 NEVER = math.inf
@@ -72,8 +74,6 @@ EPSILON = 1e-9
 APPROACHING_BELOW = 0.2
 """``model.rate_limit_approaching`` is ``headroom(now) < APPROACHING_BELOW``."""
 
-PRIORITY_MIN, PRIORITY_MAX, DEFAULT_PRIORITY = 0, 9, 5
-"""``llm_request.priority``: 0 (lowest) to 9 (highest); a request that sets none is 5."""
 
 
 def _check_count(n: float) -> None:
@@ -159,16 +159,33 @@ class DeploymentLimiter:
     tokens: TokenBucket | None = None
     blocked_until: float = 0.0
     """Monotonic time until which the provider asked for no calls (Retry-After)."""
+    full_at: float = 0.0
+    """From then on, unless something is taken, no block and both buckets full (kept by every write)."""
+
+    def __post_init__(self) -> None:
+        self._refresh()
 
     @classmethod
     def per_minute(cls, rpm: int | None, tpm: int | None, now: float = 0.0) -> DeploymentLimiter:
         """The limiter for configured limits (``None``: unlimited), buckets full."""
         return cls(requests=_resized(None, rpm, now), tokens=_resized(None, tpm, now))
 
+    def _refresh(self) -> None:
+        """Recompute ``full_at`` after a write."""
+        at = self.blocked_until
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None and bucket.level < bucket.capacity:
+                refilled = bucket.updated + (bucket.capacity - bucket.level) / bucket.refill_per_s
+                if refilled > at:  # noqa: PLR1730 - an if is cheaper than a call
+                    at = refilled
+        self.full_at = at
+
     # ------------------------------------------------------------------ admission
 
     def allows(self, now: float, tokens: int) -> bool:
         """Would ``admit(now, tokens)`` admit? Read-only; inlined for routing's hot loop."""
+        if now >= self.full_at:
+            return self.tokens is None or tokens <= self.tokens.capacity
         if now < self.blocked_until:
             return False
         bucket = self.requests
@@ -208,6 +225,7 @@ class DeploymentLimiter:
             if bucket is not None:  # checked above: take without checking again
                 bucket._advance(now)
                 bucket.level -= n
+        self._refresh()
         return 0.0
 
     # ------------------------------------------------------------------ corrections
@@ -222,6 +240,7 @@ class DeploymentLimiter:
             self.tokens.charge(actual - estimated, now)
         elif actual < estimated:
             self.tokens.give_back(estimated - actual, now)
+        self._refresh()
 
     def refund(self, now: float, tokens: int) -> None:
         """The admitted attempt never reached the provider: give back its request and tokens."""
@@ -230,6 +249,7 @@ class DeploymentLimiter:
             self.requests.give_back(1, now)
         if self.tokens is not None:
             self.tokens.give_back(tokens, now)
+        self._refresh()
 
     def observe(self, now: float, *, retry_after_s: float | None = None,
                 remaining_requests: int | None = None, remaining_tokens: int | None = None) -> None:
@@ -240,16 +260,20 @@ class DeploymentLimiter:
             self.requests.cap_at(remaining_requests, now)
         if remaining_tokens is not None and self.tokens is not None:
             self.tokens.cap_at(remaining_tokens, now)
+        self._refresh()
 
     def reconfigure(self, rpm: int | None, tpm: int | None, now: float) -> None:
         """New limits at run time; what was used this minute carries over (rule 7)."""
         self.requests = _resized(self.requests, rpm, now)
         self.tokens = _resized(self.tokens, tpm, now)
+        self._refresh()
 
     # ------------------------------------------------------------------ reads
 
     def headroom(self, now: float) -> float:
         """The smaller remaining share of the two buckets in [0, 1]; 1.0 unlimited, 0.0 blocked."""
+        if now >= self.full_at:
+            return 1.0
         if now < self.blocked_until:
             return 0.0
         share = 1.0
@@ -278,120 +302,3 @@ def _resized(bucket: TokenBucket | None, limit: int | None, now: float) -> Token
     fresh = TokenBucket.per_minute(limit, max(now, bucket.updated))
     fresh.level = min(fresh.capacity, fresh.capacity - used)
     return fresh
-
-
-# --------------------------------------------------------------------------- the wait queue
-
-
-@dataclass(slots=True)
-class _Entry:
-    item: Any
-    deadline: float
-    live: bool = True
-
-
-class WaitQueue:
-    """Requests waiting for rate-limit capacity: highest priority, then earliest deadline, then
-    arrival first. Bounded: ``push`` refuses (False) when ``max_size`` are waiting.
-
-    Two heaps over the same entries (by serving order, and by deadline for ``expired``), with
-    lazy deletion: ``remove`` marks an entry dead and the heaps drop dead entries when they
-    reach the top, or all at once when dead ones outnumber the live. A heap row ends in a
-    unique arrival number before the entry, so entries are never compared. Items are opaque
-    and tracked by identity, so they need not be hashable.
-    """
-
-    __slots__ = ("_deadlines", "_entries", "_order", "_seq", "max_size")
-
-    def __init__(self, max_size: int) -> None:
-        if max_size < 0:
-            raise ValueError(f"max_size cannot be negative, got {max_size}")
-        self.max_size = max_size
-        self._order: list[tuple[int, float, int, _Entry]] = []
-        self._deadlines: list[tuple[float, int, _Entry]] = []
-        self._entries: dict[int, _Entry] = {}
-        self._seq = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, item: object) -> bool:
-        return id(item) in self._entries
-
-    def push(self, item: Any, priority: int = DEFAULT_PRIORITY, deadline: float = math.inf) -> bool:
-        """Queue ``item``; False (nothing queued) when full. Queuing it twice is a caller bug."""
-        if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-            raise ValueError(f"priority must be {PRIORITY_MIN}-{PRIORITY_MAX}, got {priority}")
-        if math.isnan(deadline):  # NaN would corrupt both heaps' order
-            raise ValueError("deadline is NaN")
-        if id(item) in self._entries:
-            raise ValueError("this item is already queued")
-        if len(self._entries) >= self.max_size:
-            return False
-        self._seq += 1
-        entry = _Entry(item, deadline)
-        self._entries[id(item)] = entry
-        heapq.heappush(self._order, (-priority, deadline, self._seq, entry))
-        heapq.heappush(self._deadlines, (deadline, self._seq, entry))
-        return True
-
-    def peek(self) -> Any:
-        """The item ``pop`` would return, left queued; None when empty."""
-        heap = self._order
-        while heap and not heap[0][3].live:
-            heapq.heappop(heap)
-        return heap[0][3].item if heap else None
-
-    def pop(self) -> Any:
-        """Take the first item in serving order; None when empty."""
-        heap = self._order
-        while heap:
-            entry = heapq.heappop(heap)[3]
-            if entry.live:
-                self._forget(entry)
-                self._compact_if_mostly_dead()
-                return entry.item
-        return None
-
-    def remove(self, item: Any) -> bool:
-        """Take ``item`` out wherever it is (its caller went away); False if it was not queued."""
-        entry = self._entries.get(id(item))
-        if entry is None:
-            return False
-        self._forget(entry)
-        self._compact_if_mostly_dead()
-        return True
-
-    def expired(self, now: float) -> list[Any]:
-        """Remove and return, earliest deadline first, every item whose deadline is ``<= now``."""
-        out = []
-        heap = self._deadlines
-        while heap and (heap[0][0] <= now or not heap[0][2].live):
-            entry = heapq.heappop(heap)[2]
-            if entry.live:
-                self._forget(entry)
-                out.append(entry.item)
-        if out:
-            self._compact_if_mostly_dead()
-        return out
-
-    def next_deadline(self) -> float | None:
-        """The earliest deadline waiting: when the shell should next call ``expired``."""
-        heap = self._deadlines
-        while heap and not heap[0][2].live:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
-
-    def _forget(self, entry: _Entry) -> None:
-        entry.live = False
-        del self._entries[id(entry.item)]
-
-    def _compact_if_mostly_dead(self) -> None:
-        # Dead rows far from the top would otherwise pile up under push/remove churn.
-        live = len(self._entries)
-        if len(self._order) > 2 * live + 32:
-            self._order = [row for row in self._order if row[3].live]
-            heapq.heapify(self._order)
-        if len(self._deadlines) > 2 * live + 32:
-            self._deadlines = [row for row in self._deadlines if row[2].live]
-            heapq.heapify(self._deadlines)

@@ -50,11 +50,16 @@ class Deployment:
     quality: int = field(init=False, repr=False, compare=False)
     """0-10, matched against task complexity: cloud 7, local 5, +2 for ``complex_reasoning``,
     +1 each for ``architecture_design`` and ``general_reasoning``."""
+    capacity: int = field(init=False, repr=False, compare=False)
+    """Concurrent attempts it takes well (``CAPACITY`` by type): what ``least_loaded`` divides by."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.provider, self.model))
+        object.__setattr__(self, "capacity", CAPACITY.get(self.type, CAPACITY["cloud"]))
         strong = sum(_STRONG.get(c, 0) for c in self.capabilities)
         object.__setattr__(self, "quality", min(10, (7 if self.type == "cloud" else 5) + strong))
 
 
+CAPACITY = {"local": 4, "cloud": 64}
+"""Concurrent attempts a deployment takes well, by type."""
 _STRONG = {"complex_reasoning": 2, "architecture_design": 1, "general_reasoning": 1}

@@ -20,7 +20,7 @@ from router_agent.core.breaker import Breaker
 from router_agent.core.limiter import DeploymentLimiter
 from router_agent.core.model import Deployment, DeploymentKey
 from router_agent.core.observed import DeploymentStats
-from router_agent.core.strategies import CAPACITY, Scale, Scored, latency_prior
+from router_agent.core.strategies import Scale, Scored, latency_prior
 from signals import LlmRequest, Rejection
 
 _NEVER = float("inf")
@@ -115,51 +115,56 @@ def filter_candidates(
     limited = bool(cloud_ban or model_type or needed or max_cost is not None or max_latency is not None)
     for dep in deployments:
         # The common case (a healthy, enabled, closed deployment and a request without
-        # limits) takes the fewest branches: this loop runs for every candidate of every request.
+        # limits) takes the fewest branches: this loop runs for every candidate of every
+        # request, so each check rejects and moves on at once.
         provider = get_view(dep.provider)
         if provider is None or not provider.enabled or not dep.enabled:
             reject(Rejection(provider=dep.provider, model=dep.model, constraint="disabled",
                              detail="provider or model is disabled"))
             continue
-        if provider.health == "unhealthy":
-            reject(Rejection(provider=dep.provider, model=dep.model, constraint="unhealthy",
-                             detail="provider reported unhealthy"))
-            continue
-        constraint = detail = ""
+        health = 1.0
+        if provider.health != "healthy":
+            if provider.health == "unhealthy":
+                reject(Rejection(provider=dep.provider, model=dep.model, constraint="unhealthy",
+                                 detail="provider reported unhealthy"))
+                continue
+            health = 0.5  # degraded
         estimate = (est_in * dep.price_in + est_out * dep.price_out) / 1000.0
         key = dep.key
         seen = get_stats(key)
         if limited:
             constraint, detail = _request_limit(dep, cloud_ban, model_type, needed, max_cost, max_latency,
                                                 estimate, seen)
-        if not constraint and dep.context_window is not None and tokens > dep.context_window:
-            constraint, detail = "context_window", f"needs ~{tokens} tokens, window is {dep.context_window}"
-        health = 0.5 if provider.health == "degraded" else 1.0
+            if constraint:
+                reject(Rejection(provider=dep.provider, model=dep.model, constraint=constraint, detail=detail))
+                continue
+        if dep.context_window is not None and tokens > dep.context_window:
+            reject(Rejection(provider=dep.provider, model=dep.model, constraint="context_window",
+                             detail=f"needs ~{tokens} tokens, window is {dep.context_window}"))
+            continue
         breaker = get_breaker(key)
-        if not constraint and breaker is not None and breaker.state != "closed":
+        if breaker is not None and breaker.state != "closed":
             if not breaker.allows(now):
-                constraint, detail = "circuit_open", f"circuit is {breaker.state}"
+                reject(Rejection(provider=dep.provider, model=dep.model, constraint="circuit_open",
+                                 detail=f"circuit is {breaker.state}"))
                 retry_at = breaker.retry_at(now)
                 if retry_at != _NEVER:  # every probe slot taken: it cannot be probed now
                     cooling.append((retry_at, dep, estimate))
-            elif breaker.state == "half_open":
+                continue
+            if breaker.state == "half_open":
                 health = 0.5
         share = 0.0
-        if not constraint:
-            limiter = get_limiter(key)  # only limited (or provider-blocked) deployments have one
-            if limiter is not None:
-                share = 1.0 - limiter.headroom(now)
-                # allows() only where it can differ: below half a bucket left (a request
-                # larger than that is rare, and the attempt chain checks it anyway).
-                if share >= 0.5 and (share >= 1.0 or not limiter.allows(now, tokens)):
-                    share = max(share, 1.0)
-        if constraint:
-            reject(Rejection(provider=dep.provider, model=dep.model, constraint=constraint, detail=detail))
-            continue
+        limiter = get_limiter(key)  # only limited (or provider-blocked) deployments have one
+        if limiter is not None and now < limiter.full_at:  # else full: nothing used, nothing to read
+            share = 1.0 - limiter.headroom(now)
+            # allows() only where it can differ: below half a bucket left (a request
+            # larger than that is rare, and the attempt chain checks it anyway).
+            if share >= 0.5 and (share >= 1.0 or not limiter.allows(now, tokens)):
+                share = max(share, 1.0)
         if seen is None:
             latency, load, errors = latency_prior(dep, est_out), 0.0, 0.0
         else:
-            latency, load, errors = seen.latency_ms, seen.in_flight / CAPACITY[dep.type], seen.error_rate
+            latency, load, errors = seen.latency_ms, seen.in_flight / dep.capacity, seen.error_rate
             if latency is None:
                 latency = latency_prior(dep, est_out)
         if estimate > top_cost:  # noqa: PLR1730 - an if is cheaper than a call, per candidate
