@@ -322,10 +322,13 @@ class AttemptChain:
         metrics = self.registry.state.metrics
         if hedge:
             metrics.hedges += 1
+            self.registry.state.provider_states[dep.provider].hedges += 1
         elif is_retry:
             metrics.retries += 1
+            self.registry.state.provider_states[dep.provider].retries += 1
         elif run.attempts:
             metrics.failovers += 1
+            self.registry.state.provider_states[dep.provider].failovers += 1
         remaining = run.deadline - now
         budget = self.registry.timeout_s(dep.provider)
         if self._left(run, set(run.running.values()) | {dep}) > 0:

@@ -20,12 +20,17 @@ from collections.abc import Callable
 from router_agent.core.breaker import Admission, condemns_provider, counts_against_deployment
 from router_agent.core.limiter import DeploymentLimiter
 from router_agent.core.model import Deployment
+from router_agent.core.redact import redact
 from router_agent.providers.base import Completion, ProviderError
 from router_agent.registry import ProviderRegistry
 from router_agent.state import ProviderState
 
 Pass = tuple[Admission, Admission]
 """What the breakers admitted for one attempt: (the deployment's, the provider's)."""
+
+CLOSED = ("closed", "closed")
+MAX_ERROR_CHARS = 200
+"""Longest error message kept as a provider's last error."""
 
 
 class Outcomes:
@@ -41,16 +46,21 @@ class Outcomes:
         either refuses. ``forced``: the probe of a deployment whose cooldown has not ended
         (every candidate is cooling down: this one's ends first)."""
         provider_breaker = self.registry.provider_breakers[deployment.provider]
+        breaker = self.state.circuit_breakers[deployment.key]
+        before = (breaker.state, provider_breaker.state)
         first = provider_breaker.process_forced_probe(now) if forced and not provider_breaker.allows(now) \
             else provider_breaker.process_attempt(now)
         if first == "refused":
             return None
-        breaker = self.state.circuit_breakers[deployment.key]
         second = breaker.process_forced_probe(now) if forced else breaker.process_attempt(now)
         if second == "refused":
-            provider_breaker.process_abandon(first)
-            return None
-        return second, first
+            provider_breaker.process_abandon(first)  # an abandoned probe leaves it half open
+            admission = None
+        else:
+            admission = second, first
+        if before != CLOSED:  # an admission moves only an open breaker (to half_open): announce it
+            self._changed(deployment, before, now)
+        return admission
 
     def provider_allows(self, provider: str, now: float) -> bool:
         return self.registry.provider_breakers[provider].allows(now)
@@ -108,7 +118,9 @@ class Outcomes:
             p = self._finished(deployment, latency_ms)
             p.failures += 1
             p.errors_by_code[code] = p.errors_by_code.get(code, 0) + 1
-            self.registry.health[deployment.provider].process_failure(now, code, error.message[:200])
+            # Health keeps the message and provider_health publishes it: upstream text may echo a key.
+            message = redact(error.message, self.registry.secrets.known())[:MAX_ERROR_CHARS]
+            self.registry.health[deployment.provider].process_failure(now, code, message)
             self.registry.sync_health(deployment.provider)
         else:
             breaker.process_abandon(admission[0])
@@ -157,8 +169,10 @@ class Outcomes:
         after = self._circuit(deployment)
         if after == before:
             return
-        health = self.registry.health[deployment.provider]
-        if after[1] == "open" or after[0] == "open":
+        # Only a breaker that has just opened is news for health: an announcement that one
+        # went half open must not degrade a provider that recovered meanwhile.
+        if (after[0] == "open" and before[0] != "open") or (after[1] == "open" and before[1] != "open"):
+            health = self.registry.health[deployment.provider]
             health.process_breaker_open(now, deployment.model if after[1] != "open" else None)
         self.registry.sync_health(deployment.provider)
         if self.registry.on_circuit_change is not None:

@@ -33,6 +33,7 @@ from router_agent.core.observed import DeploymentStats
 from router_agent.core.routing import ProviderView
 from router_agent.http import HttpClient
 from router_agent.keys import read_key
+from router_agent.provider_stats import provider_stats, wall_iso
 from router_agent.providers import ADAPTERS
 from router_agent.providers.base import Adapter
 from router_agent.state import ProviderEntry, ProviderState, RouterState, SecretStore
@@ -101,6 +102,8 @@ class ProviderRegistry:
     ):
         self.config = config
         self.clock = clock
+        self.wall_offset = time.time() - clock()
+        """Wall clock minus the agent's clock, taken once: reports turn monotonic times into dates with it."""
         self.settings = config.router
         self.state = state
         self.emulator_url = emulator_url.rstrip("/") if emulator_url else None
@@ -142,27 +145,8 @@ class ProviderRegistry:
         return self.state.providers[provider].timeout_ms / 1000
 
     def provider_stats(self, name: str) -> ProviderStats:
-        entry = self.state.providers[name]
-        p = self.state.provider_states[name]
-        breakers = self.state.circuit_breakers
-        states = {breakers[(name, model)].state for model in entry.models if (name, model) in breakers}
-        circuit = "open" if "open" in states else "half_open" if "half_open" in states else "closed"
-        return ProviderStats(
-            provider=name,
-            health=p.health,
-            circuit=circuit,
-            enabled=entry.enabled,
-            emulated=entry.emulated,
-            in_flight=p.in_flight,
-            requests=p.requests,
-            successes=p.successes,
-            failures=p.failures,
-            error_rate=round(p.failures / p.requests, 6) if p.requests else 0.0,
-            avg_latency_ms=round(p.latency_ms_total / p.requests, 3) if p.requests else 0.0,
-            input_tokens=p.input_tokens,
-            output_tokens=p.output_tokens,
-            cost_usd=round(p.cost_usd, 10),
-        )
+        """What ``provider_metrics`` says of the provider now (``provider_stats.py``)."""
+        return provider_stats(self, name, self.clock())
 
     # ------------------------------------------------------------------ configured providers
 
@@ -322,8 +306,9 @@ class ProviderRegistry:
         health = self.health[name]
         state = self.state.provider_states[name]
         state.uptime = round(health.uptime(self.clock()), 6)
-        if health.last_error:
-            state.last_error = health.last_error
+        if health.last_error_at is not None:
+            state.last_error, state.last_error_code = health.last_error, health.last_error_code
+            state.last_error_at = wall_iso(health.last_error_at, self.wall_offset)
         before = state.health
         if health.state == before:
             return

@@ -1,7 +1,8 @@
 """Periodic ``provider_metrics`` and ``cost_report``.
 
-The figures come from the registry (provider stats) and the ledger (``core/ledger.py``);
-this module only assembles and publishes them. Writes ``metrics.avg_latency_by_provider``
+The figures come from the registry (``provider_stats.py`` assembles a provider's: counters,
+uptime, last error, retries, failovers and hedges, each deployment's breaker, rate headroom
+and latency) and the ledger (``core/ledger.py``); this module only publishes them. Writes ``metrics.avg_latency_by_provider``
 and ``metrics.error_rates`` (the snapshot's copy of what it publishes).
 """
 

@@ -54,8 +54,11 @@ class ProviderState:
     health: Literal["healthy", "degraded", "unhealthy"] = "healthy"
     health_detail: str = ""
     last_error: str = ""
+    """Message of the last failure counted against the provider, or of a failed probe (a
+    request's is redacted when it arrives; ``provider_metrics`` redacts either on the way out)."""
+    last_error_code: str = ""
     last_error_at: str = ""
-    """Wall-clock time (ISO 8601) of the last failure counted against the provider."""
+    """Wall-clock time (ISO 8601, UTC) of that failure."""
     uptime: float = 1.0
     """Share of the time since the router first saw it that the provider was not unhealthy."""
     in_flight: int = 0
@@ -70,6 +73,12 @@ class ProviderState:
     cost_usd: float = 0.0
     errors_by_code: dict[str, int] = field(default_factory=dict)
     """Failed attempts by error class, those that do not count against it included."""
+    retries: int = 0
+    """Attempts that retried one of its deployments (bumped by the attempt chain, like
+    ``metrics.retries``); ``failovers`` and ``hedges`` likewise, for attempts that came to
+    it after another deployment failed, or as a hedge."""
+    failovers: int = 0
+    hedges: int = 0
 
 
 @dataclass(slots=True)

@@ -643,21 +643,74 @@ class ProviderHealth(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fi
     """Who says so (a router's instance id, a monitor's name)."""
 
 
+class DeploymentMetrics(Struct, kw_only=True, omit_defaults=True):
+    """One model of a provider as one router instance sees it (``ProviderStats.deployments``):
+    what routing reads of it when it filters and ranks candidates."""
+
+    model: str
+    circuit: Literal["closed", "open", "half_open"] = "closed"
+    """The deployment's circuit breaker."""
+    retry_in_s: float | None = None
+    """While ``circuit`` is open: seconds until it admits a probe (0: the cooldown is over,
+    the next attempt probes it). Absent when closed, half open, or while every probe slot is
+    taken (only a probe's result frees one)."""
+    headroom: float | None = None
+    """Share of its rate limit left, 0 to 1 (the tighter of requests and tokens per minute;
+    0 while the provider's Retry-After holds). Absent: the deployment is not rate limited."""
+    latency_ms: float | None = None
+    """Moving average (EWMA) of its successful attempts' latency; absent before the first."""
+    p95_ms: float | None = None
+    """About the 95th percentile of that latency (the hedging threshold); absent before the first."""
+    in_flight: int = 0
+    """Attempts started and not yet ended."""
+
+
 class ProviderStats(Struct, kw_only=True, omit_defaults=True):
+    """One provider's figures, as one router instance sees them. Counters run from when this
+    instance learnt of the provider (a provider registered anew starts again)."""
+
     provider: str
     health: str
+    """``healthy``, ``degraded`` or ``unhealthy`` (``provider_health`` announces changes)."""
     circuit: str
+    """The worst of its deployments' breakers: ``open``, else ``half_open``, else ``closed``."""
     enabled: bool
     emulated: bool
     in_flight: int = 0
     requests: int = 0
+    """Attempts the provider answered or failed (abandoned ones are not its doing)."""
     successes: int = 0
     failures: int = 0
+    """Failed attempts that count against the provider (not a caller's bad request, not a 429)."""
     error_rate: float = 0.0
     avg_latency_ms: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    provider_circuit: Literal["closed", "open", "half_open"] = "closed"
+    """The provider's own breaker: failures that condemn the whole endpoint (refused
+    connections, rejected keys) open it, and then none of its models is tried."""
+    uptime_ratio: float = 1.0
+    """Share of the time since this instance learnt of the provider that it was routable
+    (healthy or degraded), 0 to 1."""
+    uptime_s: float = 0.0
+    """Seconds it was routable since this instance learnt of it."""
+    last_error_code: str = ""
+    """Code of the last failure counted against it (an error code, or ``probe_failed``)."""
+    last_error: str = ""
+    """That failure's message, secrets redacted, at most 200 characters."""
+    last_error_at: str = ""
+    """When it happened: ISO 8601, UTC (``2025-01-01T12:00:00.000Z``)."""
+    errors_by_code: dict[str, int] = {}
+    """Failed attempts by error code, those that do not count against it included."""
+    retries: int = 0
+    """Attempts that retried one of its deployments after a backoff."""
+    failovers: int = 0
+    """Attempts that came to it after another deployment failed the same request."""
+    hedges: int = 0
+    """Attempts sent to it as a hedge while an earlier one was still running."""
+    deployments: list[DeploymentMetrics] = []
+    """Each of its models."""
 
 
 class ProviderMetrics(Struct, kw_only=True, omit_defaults=True):
@@ -991,6 +1044,7 @@ __all__ = [
     "CostLine",
     "CostQuery",
     "CostReport",
+    "DeploymentMetrics",
     "ErrorCode",
     "ErrorInfo",
     "FinishReason",
