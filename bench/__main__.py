@@ -5,8 +5,8 @@
     python -m bench --only latency,cpu   some scenarios (streaming = ttft,relay,streams)
     python -m bench --json OUT.json      write the JSON there (default: bench/results/latest.json)
 
-Scenarios: latency, throughput, cpu, memory, adapters, ttft, relay, streams, scale_out, peer
-(LiteLLM's Router).
+Scenarios: latency, throughput, ledger_cache (both with the cost ledger capped and the response
+cache on), cpu, memory, adapters, ttft, relay, streams, scale_out, peer (LiteLLM's Router).
 It starts its own nats-server, emulators and agents on 127.0.0.1 (free ports), and stops
 them all when it ends, also on Ctrl-C or SIGTERM. Progress goes to stderr, the table to
 stdout. Figures are printed, never asserted: see bench/README.md.
@@ -29,11 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.ledger_cache import LedgerCache
 from bench.procs import Stack
 from bench.scenarios import FULL, QUICK, Bench, log_stderr
 
-SCENARIOS = ("latency", "throughput", "cpu", "memory", "adapters", "ttft", "relay", "streams", "scale_out", "peer")
-ALIASES = {"scale-out": "scale_out", "scaleout": "scale_out", "litellm": "peer", "peer_litellm": "peer"}
+SCENARIOS = ("latency", "throughput", "ledger_cache", "cpu", "memory", "adapters", "ttft", "relay", "streams",
+             "scale_out", "peer")
+ALIASES = {"scale-out": "scale_out", "scaleout": "scale_out", "litellm": "peer", "peer_litellm": "peer",
+           "ledger-cache": "ledger_cache"}
 GROUPS = {"streaming": ("ttft", "relay", "streams")}
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -79,6 +82,8 @@ async def run_scenarios(stack: Stack, args: argparse.Namespace, sizes: Any, work
                     results["latency"] = await bench.latency()
                 elif name == "throughput":
                     results["throughput"] = await bench.throughput()
+                elif name == "ledger_cache":
+                    results["ledger_cache"] = await LedgerCache(bench).run()
                 elif name == "cpu":
                     results["cpu"] = await bench.cpu()
                 elif name == "memory":
@@ -96,7 +101,7 @@ async def run_scenarios(stack: Stack, args: argparse.Namespace, sizes: Any, work
                 elif name == "peer":
                     timeout = args.peer_timeout or (120 if args.quick else 300)
                     results["peer_litellm"] = await bench.peer_litellm(workdir, timeout)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one scenario's failure is reported, the others still run
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc(file=sys.stderr)
             log_stderr(f"bench: {name} took {time.monotonic() - started:.1f} s")

@@ -52,6 +52,7 @@ UPSTREAM_MODEL_ID = "gpt-4-turbo-preview"
 HTTP_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 _PLACEHOLDER = "RIDPLACEHOLDER0000"
 _OK = b'"status":"ok"'
+_CACHED = b'"cached":true'
 
 perf = time.perf_counter
 
@@ -63,7 +64,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an ascending sequence (``q`` in 0..100)."""
     if not sorted_values:
         return float("nan")
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
     return sorted_values[k]
 
 
@@ -144,6 +145,24 @@ class Recorder:
         return out
 
 
+@dataclass
+class Tally:
+    """Answers by kind over a client's life: ok from a provider, ok from the router's response
+    cache (``"cached":true``), errors."""
+
+    ok: int = 0
+    cached: int = 0
+    errors: int = 0
+
+    def count(self, answer: bytes) -> None:
+        if _OK not in answer:
+            self.errors += 1
+        elif _CACHED in answer:
+            self.cached += 1
+        else:
+            self.ok += 1
+
+
 class CpuProbe:
     """CPU seconds (user + system) of some processes between two snapshots."""
 
@@ -173,26 +192,48 @@ class CpuProbe:
 # --------------------------------------------------------------------------- payloads
 
 
-def request_template(timeout_ms: int = 30_000) -> tuple[bytes, bytes]:
-    """(head, tail) of an encoded llm_request; ``head + request_id + tail`` is a request."""
+def prompt(unique: bool) -> str:
+    """The bench prompt; ``unique``: with the placeholder in it, so each request's id (or
+    counter) makes its prompt differ from every other one (a cache miss every time)."""
+    return f"{PROMPT} (request {_PLACEHOLDER})" if unique else PROMPT
+
+
+def request_parts(timeout_ms: int = 30_000, *, unique_prompt: bool = False,
+                  temperature: float | None = None) -> list[bytes]:
+    """An encoded llm_request cut at the placeholder: ``rid.join(parts)`` is a request whose
+    id is ``rid`` (and, with ``unique_prompt``, whose prompt ends with it)."""
     request = sig.LlmRequest(
         request_id=_PLACEHOLDER,
         agent_id=AGENT_ID,
         model=MODEL,
-        messages=[sig.ChatMessage(role="user", content=PROMPT)],
+        messages=[sig.ChatMessage(role="user", content=prompt(unique_prompt))],
+        params=sig.Params(temperature=temperature),
         timeout_ms=timeout_ms,
     )
-    payload = sig.encode_event("llm_request", request, source="bench")
-    head, sep, tail = payload.partition(_PLACEHOLDER.encode())
-    assert sep and _PLACEHOLDER.encode() not in tail
+    parts = sig.encode_event("llm_request", request, source="bench").split(_PLACEHOLDER.encode())
+    assert len(parts) == (3 if unique_prompt else 2)
+    return parts
+
+
+def request_template(timeout_ms: int = 30_000) -> tuple[bytes, bytes]:
+    """(head, tail) of an encoded llm_request; ``head + request_id + tail`` is a request."""
+    head, tail = request_parts(timeout_ms)
     return head, tail
+
+
+def upstream_parts(*, unique_prompt: bool = False, temperature: float | None = None) -> list[bytes]:
+    """The chat-completions body the agent's OpenAI adapter posts for the bench request, cut
+    at the placeholder (``unique_prompt``) like ``request_parts``."""
+    body: dict[str, Any] = {"model": UPSTREAM_MODEL_ID, "messages": [{"role": "user", "content": prompt(unique_prompt)}]}
+    if temperature is not None:
+        body["temperature"] = float(temperature)  # the adapter's field is a float: 0 goes out as 0.0
+    return msgspec.json.encode(body).split(_PLACEHOLDER.encode())
 
 
 def upstream_body() -> bytes:
     """The chat-completions body the agent's OpenAI adapter posts for the bench request."""
-    return msgspec.json.encode(
-        {"model": UPSTREAM_MODEL_ID, "messages": [{"role": "user", "content": PROMPT}]}
-    )
+    (body,) = upstream_parts()
+    return body
 
 
 _tags = itertools.count(1)
@@ -208,10 +249,14 @@ def _new_tag() -> str:
 class BusClient:
     """Sends ``llm_request`` and matches answers on one wildcard inbox subscription."""
 
-    def __init__(self, nc: nats.NATS, subject: str, timeout_ms: int = 30_000):
+    def __init__(self, nc: nats.NATS, subject: str, timeout_ms: int = 30_000, *, unique_prompt: bool = False,
+                 temperature: float | None = None, tally: Tally | None = None):
+        """``unique_prompt``/``temperature``: see ``request_parts``; ``tally``: count every answer
+        by kind (a byte search each, so only the clients that need it pay)."""
         self.nc = nc
         self.subject = subject
-        self._head, self._tail = request_template(timeout_ms)
+        self._parts = request_parts(timeout_ms, unique_prompt=unique_prompt, temperature=temperature)
+        self.tally = tally
         self._inbox = f"_BENCH.{os.urandom(6).hex()}."
         self._plen = len(self._inbox)
         self._pending: dict[str, float] = {}
@@ -222,12 +267,13 @@ class BusClient:
         self._refill: Recorder | None = None
 
     @classmethod
-    async def connect(cls, url: str, subject: str, timeout_ms: int = 30_000) -> BusClient:
+    async def connect(cls, url: str, subject: str, timeout_ms: int = 30_000, **options: Any) -> BusClient:
+        """``options``: ``unique_prompt``, ``temperature``, ``tally`` (see ``__init__``)."""
         nc = await nats.connect(
             url, name="bench-load", allow_reconnect=False, connect_timeout=5,
             pending_size=64 * 1024 * 1024, skip_subject_validation=True,
         )
-        client = cls(nc, subject, timeout_ms)
+        client = cls(nc, subject, timeout_ms, **options)
         client._sub = await nc.subscribe(
             client._inbox + "*", cb=client._on_msg, pending_msgs_limit=1_000_000,
             pending_bytes_limit=1024 * 1024 * 1024,
@@ -254,11 +300,13 @@ class BusClient:
         self._n += 1
         rid = f"{self._tag}{self._n}"
         self._pending[rid] = perf()
-        await self.nc.publish(self.subject, self._head + rid.encode() + self._tail, reply=self._inbox + rid)
+        await self.nc.publish(self.subject, rid.encode().join(self._parts), reply=self._inbox + rid)
         return rid
 
     async def _on_msg(self, msg: Any) -> None:
         now = perf()
+        if self.tally is not None:  # every answer, late ones too: each was served (and billed)
+            self.tally.count(msg.data)
         rid = msg.subject[self._plen:]
         t0 = self._pending.pop(rid, None)
         if t0 is None:
@@ -399,10 +447,22 @@ async def _windowed(
 class HttpClient:
     """The direct baseline: aiohttp with the agent's own pool settings, the agent's own body."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, *, unique_prompt: bool = False, temperature: float | None = None):
+        """``unique_prompt``/``temperature``: the body the agent posts for such requests, each
+        with its own number in the prompt (as long as the bus client's request ids)."""
         self.url = f"{base_url.rstrip('/')}/chat/completions"
-        self.body = upstream_body()
+        parts = upstream_parts(unique_prompt=unique_prompt, temperature=temperature)
+        self.body = parts[0] if len(parts) == 1 else b""
+        self._parts = parts if len(parts) > 1 else None
+        self._tag = _new_tag().encode()
+        self._n = 0
         self.session: aiohttp.ClientSession | None = None
+
+    def _body(self) -> bytes:
+        if self._parts is None:
+            return self.body
+        self._n += 1
+        return (self._tag + str(self._n).encode()).join(self._parts)
 
     async def open(self) -> HttpClient:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
@@ -420,7 +480,7 @@ class HttpClient:
     async def one(self) -> bool:
         assert self.session is not None
         try:
-            async with self.session.post(self.url, data=self.body, headers=HTTP_HEADERS) as response:
+            async with self.session.post(self.url, data=self._body(), headers=HTTP_HEADERS) as response:
                 await response.read()
                 return response.status == 200
         except (aiohttp.ClientError, OSError, TimeoutError):
@@ -489,7 +549,7 @@ async def open_loop_tasks(
         t0 = perf()
         try:
             ok = await call()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure of a call is an error answer, counted
             ok = False
         now = perf()
         rec.record(now, now - t0, ok)

@@ -149,7 +149,7 @@ class Stack:
                 cwd=str(ROOT),
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 start_new_session=True,
-                preexec_fn=_child_setup,
+                preexec_fn=_child_setup,  # noqa: PLW1509 - PR_SET_PDEATHSIG can only be set in the child
             )
         child = Child(name, process, log_path)
         self.children.append(child)
@@ -191,16 +191,21 @@ class Stack:
         cli: list[str] | None = None,
         env: dict[str, str] | None = None,
         wait: bool = True,
+        extra: dict[str, object] | None = None,
     ) -> Child:
         """An agent whose subjects carry ``prefix``, so several agent pools share one server.
 
-        ``cli`` replaces the ``router-agent`` command (the memory profiler runs it under
-        tracemalloc); ``env`` adds environment variables; ``wait=False``: see ``ready``.
+        ``extra_router`` adds ``router:`` settings to its overlay, ``extra`` other top-level
+        sections (``agents:``, ...); ``cli`` replaces the ``router-agent`` command (the memory
+        profiler runs it under tracemalloc); ``env`` adds environment variables;
+        ``wait=False``: see ``ready``.
         """
+        if extra and "router" in extra:
+            raise ValueError("router settings go in extra_router")
         self._count += 1
         overlay = self.workdir / f"overlay-{self._count:02d}-{prefix}.yaml"
         router = {"subject_prefix": prefix, **(extra_router or {})}
-        overlay.write_text(_yaml({"router": router}))
+        overlay.write_text(_yaml({"router": router, **(extra or {})}))
         child = self._spawn(
             name or f"agent-{prefix}",
             [
@@ -229,7 +234,7 @@ class Stack:
         for child in reversed(list(self.children)):
             try:
                 child.stop()
-            except Exception as exc:  # keep stopping the others
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
                 print(f"bench: could not stop {child.name}: {exc}", file=sys.stderr)
         self.children.clear()
         if self.nats is not None:

@@ -89,12 +89,19 @@ def summarize(collapsed: Path, top: int = 20) -> str:
 
 
 async def _drive(stack: Stack, case: str, seconds: float, after: int | None, out: Path, rate: int,
-                 native: bool) -> Path:
+                 native: bool, ledger_cache: bool = False) -> Path:
     latency_ms, in_flight = CASES[case]
     url = stack.start_nats()
     emulator = stack.start_emulator(latency_ms)
-    agent = stack.start_agent(url, emulator.info["url"], "prof")
-    bus = await BusClient.connect(url, "prof.llm_request")
+    if ledger_cache:  # the agent of ``python -m bench --only ledger_cache``, unique cacheable prompts
+        from bench import ledger_cache as lc
+
+        router, extra = lc.overlay()
+        agent = stack.start_agent(url, emulator.info["url"], "prof", extra_router=router, extra=extra)
+        bus = await BusClient.connect(url, "prof.llm_request", unique_prompt=True, temperature=lc.TEMPERATURE)
+    else:
+        agent = stack.start_agent(url, emulator.info["url"], "prof")
+        bus = await BusClient.connect(url, "prof.llm_request")
     try:
         if after:
             await bus.closed_loop(after, 1.0, 1.0)
@@ -230,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     parser.add_argument("--out", default=None, help="folder for the collapsed stacks (default: a temp dir)")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--ledger-cache", action="store_true",
+                        help="the agent with the shared ledger, caps and the response cache on (unique prompts)")
     parser.add_argument("--memory", type=int, default=None, metavar="N",
                         help="instead of CPU: tracemalloc diff of the agent idle vs N requests in flight")
     parser.add_argument("--memory-latency-ms", type=float, default=60000,
@@ -253,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        collapsed = uvloop.run(_drive(stack, args.case, args.seconds, args.after, out, args.rate, args.native))
+        collapsed = uvloop.run(_drive(stack, args.case, args.seconds, args.after, out, args.rate, args.native,
+                                         args.ledger_cache))
     finally:
         stack.close()
         shutil.rmtree(workdir, ignore_errors=True)

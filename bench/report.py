@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from bench import ledger_cache
 from bench.procs import OVERLAY
 
 KB = 1024
@@ -184,6 +185,8 @@ def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
             note = (f"offered {_n(t['offered_rps'])} req/s: router {_n(router['rps'] / t['offered_rps'] * 100)}%, "
                     f"direct {_n(direct['rps'] / t['offered_rps'] * 100)}%")
         out.append((label, _load(router) + agent_cpu, "direct " + _load(direct), note))
+
+    out.extend(ledger_cache.rows(r.get("ledger_cache")))
 
     cpu = r.get("cpu")
     if cpu:
@@ -425,6 +428,8 @@ def goals(results: dict[str, Any], sizes: Any, quick: bool = False) -> list[dict
     goal(f"throughput, {level:,} in flight, 200 ms upstream, one agent", ">= 2,000 req/s, 0 errors",
          f"{_n(tp['router']['rps'])} req/s, {tp['router']['errors']} errors" if tp else None,
          (tp["router"]["rps"] >= 2000 and tp["router"]["errors"] == 0) if tp else None)
+    for row in ledger_cache.goals(results.get("ledger_cache"), sizes):
+        goal(*row)
 
     cpu = results.get("cpu")
     per = cpu["router"]["cpu_s_per_1000"]["agent"] if cpu else None

@@ -26,6 +26,12 @@ ROW_PREFIXES = [
     "latency:",
     "throughput: closed loop",
     "throughput: open loop",
+    "with ledger and cache on: latency",
+    "with ledger and cache on: router's own share",
+    "with ledger and cache on: cache HITS",
+    "with ledger and cache on: evidence, latency agent",
+    "with ledger and cache on: throughput, closed loop",
+    "with ledger and cache on: evidence, throughput agent",
     "CPU per request:",
     "memory: agent RSS idle",
     "memory:",
@@ -43,6 +49,8 @@ ROW_PREFIXES = [
 ]
 STREAMS_ROW = re.compile(r"^streaming: (many concurrent streams|[\d,]+ concurrent streams at)")
 STREAMING_SCENARIOS = ("ttft", "relay", "streams")
+DIFFERENCES = re.compile(r"\.(added|router_share|plain_added|plain_share|hits_added)\.")
+"""Result keys that are differences of two figures: they may be negative by noise."""
 
 
 def _numbers(value: Any, path: str = "$") -> list[tuple[str, float]]:
@@ -97,7 +105,8 @@ def test_the_table_has_every_scenario_row(quick_run: tuple[str, dict[str, Any]])
     # Every goal is listed.
     for goal in ("added latency p50", "router's own share", "added latency p99", "throughput", "CPU per request",
                  "memory per in-flight request", "RSS at", "adapter layer alone", "time to first token added",
-                 "concurrent streams at 50 tokens/s"):
+                 "concurrent streams at 50 tokens/s", "with ledger and cache on: router's own share p50",
+                 "with ledger and cache on: throughput at"):
         assert goal in stdout
 
 
@@ -162,13 +171,13 @@ def test_the_json_has_sane_numbers(quick_run: tuple[str, dict[str, Any]]) -> Non
     _, document = quick_run
     results = document["results"]
     assert "failed" not in results
-    assert set(results) >= {"latency", "throughput", "cpu", "memory", "adapters", "ttft", "relay", "streams",
-                            "scale_out", "peer_litellm"}
+    assert set(results) >= {"latency", "throughput", "ledger_cache", "cpu", "memory", "adapters", "ttft", "relay",
+                            "streams", "scale_out", "peer_litellm"}
 
     for path, number in _numbers(results):
         assert not math.isnan(number), path
         # A difference may be negative by noise.
-        if ".added." in path or ".router_share." in path or path.endswith(".relay_us_per_chunk"):
+        if DIFFERENCES.search(path) or path.endswith(".relay_us_per_chunk"):
             continue
         assert number >= 0, f"{path} = {number}"
 
@@ -184,6 +193,8 @@ def test_the_json_has_sane_numbers(quick_run: tuple[str, dict[str, Any]]) -> Non
             assert figures["rps"] > 0, (row["mode"], row["in_flight"], side)
             assert figures["p50_ms"] <= figures["p99_ms"]
             assert figures["answered"] <= figures["sent"]
+
+    _check_ledger_cache(results["ledger_cache"])
 
     cpu = results["cpu"]
     assert cpu["router"]["rps"] > 0
@@ -215,3 +226,23 @@ def test_the_json_has_sane_numbers(quick_run: tuple[str, dict[str, Any]]) -> Non
     assert meta["machine"]["cores"] >= 1
     assert meta["settings"]["telemetry"] in ("on", "off")
     assert {g["result"] for g in document["goals"]} <= {"n/a (quick)", "not run", "PASS", "MISS"}
+
+
+def _check_ledger_cache(result: dict[str, Any]) -> None:
+    """The agent under test answered every request, with the ledger and the cache on (the
+    scenario itself fails when its evidence says otherwise: here, that it was gathered)."""
+    from bench.ledger_cache import problems
+
+    latency = result["latency"]
+    for side in ("ledger_cache", "plain", "direct", "hits", "echo"):
+        assert latency[side]["errors"] == 0, side
+        assert 0 < latency[side]["p50_ms"] <= latency[side]["p99_ms"], side
+    throughput = result["throughput"]
+    for side in ("ledger_cache", "plain", "direct"):
+        assert throughput[side]["rps"] > 0 and throughput[side]["errors"] == 0, side
+    assert throughput["pct_of_direct"]["ledger_cache"] > 0
+    for evidence in (latency["evidence"], throughput["evidence"]):
+        assert problems(evidence) == []
+        assert evidence["billed_attempts"] >= evidence["answered"]["provider"] > 0
+        assert evidence["cache_entries"] > 0 and evidence["answered"]["cache"] == 0
+    assert latency["evidence"]["hits_answered"]["cache"] > 0
