@@ -221,6 +221,7 @@ class RouterAgent:
         await self.ledger.stop()  # every request is answered: ship their spend, give back leases
         if self.response_cache is not None:
             await self.response_cache.drain()
+            await self.response_cache.close()
         if drained is not None:
             with contextlib.suppress(nats.errors.Error, OSError, RuntimeError, TimeoutError):
                 async with asyncio.timeout(5):

@@ -8,11 +8,18 @@ in ``core/cache.py``; this module only keeps and fetches answers.
 
 Theory of operation
 -------------------
-``get(key)`` asks the in-process layer first (no I/O), then the bucket, bounded by
-``cache.kv_timeout_ms``: a slow, failed or absent bucket is a miss, never an error, so the
-cache can only ever save a provider call, not cost a request. An answer found in the bucket
-fills the in-process layer for the rest of its time (its ``stored_at`` says how much is left),
-so another instance's answer is read from the bus once.
+``get(key)`` asks the in-process layer first (no I/O), then the bucket, but only for a key
+the bucket is known to hold: every instance listens to the bucket's subject
+(``$KV.<bucket>.>``, a plain subscription) and keeps an index of the keys written, its own
+and the others' (``INDEX_MAX_KEYS`` of them, oldest forgotten first; seeded with the
+bucket's keys at start). So a request nobody has asked before (the common miss) costs no
+round trip to JetStream; a key is read from the bucket when another instance wrote it, or
+when this one's layer has since dropped it. Another instance's write is known a moment after
+it is stored (``until_known`` waits for that). A read is bounded by ``cache.kv_timeout_ms``:
+a slow, failed or absent bucket is a miss, never an error, so the cache can only ever save a
+provider call, not cost a request; a key forgotten by the index is a miss too. An answer
+found in the bucket fills the in-process layer for the rest of its time (its ``stored_at``
+says how much is left), so another instance's answer is read from the bus once.
 
 ``put(key, answer)`` is synchronous: it encodes the answer once, skips it when it is larger
 than ``cache.max_entry_bytes``, stores it in the in-process layer at once, and hands the
@@ -34,6 +41,7 @@ would yield, for ``StreamRelay.attempt``: a streamed request served from the cac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -54,6 +62,11 @@ log = logging.getLogger("router_agent")
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(CachedAnswer).decode
 
+INDEX_MAX_KEYS = 65_536
+"""Keys of the shared bucket an instance keeps track of (about 10 MB at most); beyond, the
+oldest are forgotten, which only turns a later lookup of one into a miss."""
+SEED_TIMEOUT_S = 5.0
+"""How long ``start`` may spend listing the keys the bucket already holds."""
 STREAM_IN_USE = 10058
 """JetStream's error code for "stream name already in use with a different configuration"."""
 
@@ -75,8 +88,15 @@ class ResponseCache:
         self.stats = CacheStats()
         self.bucket = prefixed_name(subject_prefix, settings.bucket) if settings.bucket else None
         self._js = _jetstream(bus) if self.bucket else None
+        self._nc = bus if callable(getattr(bus, "jetstream", None)) else getattr(bus, "_nc", None)
         self._kv: Any = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._index: dict[str, float] = {}
+        """Keys the bucket holds, as far as this instance has seen: key -> wall time written."""
+        self._subject = f"$KV.{self.bucket}." if self.bucket else ""
+        self._sub: Any = None
+        """The subscription that feeds the index; without one, every miss asks the bucket."""
+        self._waiting: dict[str, asyncio.Future[None]] = {}
 
     @property
     def shared(self) -> bool:
@@ -114,10 +134,58 @@ class ResponseCache:
                     raise
                 await self._update(config)
             self._kv = await self._js.key_value(self.bucket)
+            if self._nc is not None:  # listen before listing, so that no write falls between the two
+                self._sub = await self._nc.subscribe(self._subject + ">", cb=self._written)
+                await self._seed()
         except (nats.errors.Error, OSError) as exc:  # nats TimeoutError is a nats Error
             log.warning("response cache: bucket %s unavailable (%s); answers stay in this instance", self.bucket,
                         exc)
             self._kv = None
+
+    async def _seed(self) -> None:
+        """Index the keys the bucket already holds (bounded in time and count)."""
+        try:
+            async with asyncio.timeout(SEED_TIMEOUT_S):
+                keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("response cache: could not list bucket %s (%s); its older answers are misses here",
+                        self.bucket, exc)
+            return
+        now = self.wall()
+        for key in keys[-INDEX_MAX_KEYS:]:
+            self._index.setdefault(key, now)
+
+    async def _written(self, msg: Any) -> None:
+        """A write to the bucket (any instance's, this one's too): the key is there now."""
+        self._know(msg.subject[len(self._subject):])
+
+    def _know(self, key: str) -> None:
+        index = self._index
+        index.pop(key, None)  # re-inserted: the newest write is the last forgotten
+        index[key] = self.wall()
+        if len(index) > INDEX_MAX_KEYS:
+            del index[next(iter(index))]
+        if self._waiting:
+            waiter = self._waiting.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def knows(self, key: str) -> bool:
+        """The bucket holds ``key``, as far as this instance knows (and it has not expired)."""
+        written = self._index.get(key)
+        return written is not None and self.wall() - written < self.settings.ttl_s
+
+    async def until_known(self, key: str) -> None:
+        """Return once this instance knows the bucket holds ``key`` (another instance's write
+        reaches it over the bus a moment after it is stored)."""
+        if key in self._index:
+            return
+        waiter = self._waiting.get(key)
+        if waiter is None:
+            waiter = self._waiting[key] = asyncio.get_running_loop().create_future()
+        await asyncio.shield(waiter)
 
     async def _update(self, config: api.StreamConfig) -> None:
         """The bucket exists with other limits: config wins over the last start's. What the
@@ -137,7 +205,7 @@ class ResponseCache:
             stats.hits += 1
             stats.local_hits += 1
             return answer
-        if self._kv is not None:
+        if self._kv is not None and (self._sub is None or self.knows(key)):
             answer = await self._read(key)
         if answer is None:
             stats.misses += 1
@@ -180,6 +248,7 @@ class ResponseCache:
         self.local.put(key, answer, len(payload), self.clock())
         self.stats.stores += 1
         if self._kv is not None:
+            self._know(key)  # its echo from the bus confirms it a moment later
             if len(self._writes) >= self.settings.max_pending_writes:
                 self.stats.kv_writes_dropped += 1
             else:
@@ -199,6 +268,13 @@ class ResponseCache:
         """Wait for the bucket writes on their way."""
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop listening to the bucket (the writes on their way are not waited for: ``drain``)."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
 
 async def replay_events(answer: CachedAnswer, piece_chars: int) -> AsyncIterator[StreamEvent]:

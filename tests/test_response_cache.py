@@ -104,6 +104,7 @@ async def test_one_instances_answer_is_anothers_hit_through_the_bucket(nc, nc2, 
     assert await b.get(key) is None
     assert a.put(key, answer())
     await a.drain()
+    await asyncio.wait_for(b.until_known(key), WAIT)  # the write reaches b over the bus
 
     hit = await b.get(key)
     assert hit is not None and hit.content == answer().content
@@ -132,6 +133,7 @@ async def test_a_private_answer_is_never_served_to_another_agent(nc, nc2, prefix
     a, b = await started(nc, prefix), await started(nc2, prefix)
     a.put(key_of(ask("alpha"), private=True), answer("alpha's secret"))
     await a.drain()
+    await asyncio.wait_for(b.until_known(key_of(ask("alpha"), private=True)), WAIT)
     assert await b.get(key_of(ask("beta"), private=True)) is None
     assert await b.get(key_of(ask("beta"))) is None  # nor to a non-private request of anyone
     assert (await b.get(key_of(ask("alpha"), private=True))).content == "alpha's secret"
@@ -160,6 +162,7 @@ async def test_an_answer_from_the_bucket_is_kept_only_for_the_rest_of_its_time(n
     key = key_of(ask())
     a.put(key, answer())
     await a.drain()
+    await asyncio.wait_for(b.until_known(key), WAIT)
     wall_b.advance(50.0)  # b reads it 50 s after it was stored: 10 s are left
     assert await b.get(key) is not None
     clock_b.advance(10.0)
@@ -196,6 +199,7 @@ async def test_a_bucket_the_server_cannot_change_in_place_is_used_as_it_is(nc, p
     assert info.config.storage == api.StorageType.MEMORY
     second.put(key_of(ask()), answer())
     await second.drain()
+    await asyncio.wait_for(first.until_known(key_of(ask())), WAIT)
     assert await first.get(key_of(ask())) is not None
 
 
@@ -206,6 +210,7 @@ async def test_something_in_the_bucket_that_is_not_an_answer_is_a_miss(nc, prefi
     cache = await started(nc, prefix)
     kv = await nc.jetstream().key_value(cache.bucket)
     await kv.put("deadbeef", b"not an answer")
+    await asyncio.wait_for(cache.until_known("deadbeef"), WAIT)
     assert await cache.get("deadbeef") is None
     assert (cache.stats.misses, cache.stats.kv_errors) == (1, 1)
 
@@ -218,15 +223,45 @@ async def test_a_router_without_a_bucket_caches_in_process(nc, prefix):
     assert await cache.get(key) is not None
 
 
-async def test_a_closed_connection_is_a_miss_not_an_error(nats_url, prefix):
+async def test_a_closed_connection_is_a_miss_not_an_error(nc, nats_url, prefix):
     conn = await nats.connect(nats_url, name="closing")
-    cache = await started(conn, prefix)
+    cache, other = await started(conn, prefix), await started(nc, prefix)
+    other.put(key_of(ask()), answer())
+    await other.drain()
+    await asyncio.wait_for(cache.until_known(key_of(ask())), WAIT)  # in the bucket: cache would read it
     await conn.close()
     assert await cache.get(key_of(ask())) is None
     assert cache.stats.kv_errors == 1
     cache.put(key_of(ask()), answer())  # the write fails in its task, counted
     await cache.drain()
     assert cache.stats.kv_errors == 2 and await cache.get(key_of(ask())) is not None
+
+
+async def test_a_key_no_instance_wrote_is_a_miss_without_asking_the_bucket(nats_url, prefix):
+    conn = await nats.connect(nats_url, name="closing")
+    cache = await started(conn, prefix)
+    await conn.close()  # any read of the bucket would fail now, and be counted
+    assert await cache.get(key_of(ask())) is None
+    assert (cache.stats.misses, cache.stats.kv_errors) == (1, 0)
+
+
+async def test_an_instance_started_later_knows_what_the_bucket_already_holds(nc, nc2, prefix):
+    a = await started(nc, prefix)
+    a.put(key_of(ask()), answer())
+    await a.drain()
+    b = await started(nc2, prefix)  # it lists the bucket's keys as it starts
+    assert b.knows(key_of(ask()))
+    assert (await b.get(key_of(ask()))).content == answer().content
+
+
+async def test_the_index_forgets_its_oldest_keys_beyond_its_bound(nc, prefix, monkeypatch):
+    monkeypatch.setattr("router_agent.response_cache.INDEX_MAX_KEYS", 2)
+    cache = await started(nc, prefix)
+    keys = [key_of(ask(content=f"question {i}")) for i in range(3)]
+    for key in keys:
+        cache.put(key, answer())
+    assert [cache.knows(k) for k in keys] == [False, True, True]  # a forgotten key is only a miss
+    await cache.drain()
 
 
 async def test_writes_beyond_the_bound_stay_in_process(nc, prefix):
