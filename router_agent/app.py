@@ -25,6 +25,15 @@ from router_agent.emulator import Emulator, start_emulator
 
 log = logging.getLogger("router_agent")
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic collector's thresholds once the agent is up (CPython's default: 700, 10, 10).
+A request's objects are freed by reference counting; with hundreds in flight, the default
+ran a young collection every few requests and an old one, walking everything in flight,
+every few hundred: 10-15 % of the agent's time at 500 in flight. Young cycles (an
+exception's traceback) are still collected, after 50,000 net allocations instead of 700.
+Measured with ``python -m bench --only ledger_cache``: throughput at 500 in flight 84 % ->
+98 % of a direct call's (plain agent), 68 % -> 91 % (ledger and cache on)."""
+
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -87,6 +96,7 @@ async def run(
         agent = RouterAgent(config, nc, emulator_url=emulator_url)
         await agent.start()
         gc.freeze()  # what start-up built lives as long as the agent: collections need not walk it
+        gc.set_threshold(*GC_THRESHOLDS)
         announce("providers:")
         for line in describe_providers(agent):
             announce(line)
