@@ -38,15 +38,17 @@ request cannot fail over (the caller has content).
 Hedging (``parallel_requests``): when the first attempt has not answered within the
 deployment's observed p95 latency (``hedge_after``), a second attempt goes to the next
 candidate; the first success wins, the other is cancelled. Both are listed in ``attempts``
-and billed (a cancelled one by its estimated input). Streams are not hedged.
+and billed (a cancelled one by its estimated input). Streams are not hedged. An attempt
+that is not hedged runs in the request's own task (awaited; its bound ends it by the
+deadline); only a hedged pair runs as tasks, raced with ``asyncio.wait``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from router_agent.attempt import OneAttempt
 from router_agent.chainrun import ChainRun, Outcome, skipped
@@ -98,10 +100,22 @@ class AttemptChain:
                     if picked is not None:
                         dep, admission, is_retry, hold = picked
                         hedging = bool(run.running)
-                        self._start(run, dep, admission, is_retry, hedging, hold)
+                        attempt = self._start(run, dep, admission, is_retry, hedging, hold)
                         hedge_after = None
                         if run.hedge and run.relay is None and not hedging:
                             hedge_after = self._hedge_at(run, dep, now)
+                        if hedge_after is None and not run.running:
+                            # Alone, and nothing to hedge it with: awaited in this task. Its own
+                            # bound ends it by the deadline; no task, no wait, no timer here.
+                            outcome = await attempt
+                            if outcome.completion is not None:
+                                run.won = True
+                                return outcome
+                            if outcome.deadline_hit or not self._after_failure(run, outcome):
+                                return None
+                            continue
+                        task = asyncio.get_running_loop().create_task(attempt)
+                        run.running[task] = dep
                     elif run.lease_short is not None and not run.running:
                         await self._renew_lease(run)
                         continue
@@ -264,7 +278,7 @@ class AttemptChain:
         return budget
 
     def _hedge_at(self, run: ChainRun, dep: Deployment, now: float) -> float | None:
-        if self._left(run, set(run.running.values())) == 0:
+        if self._left(run, {*run.running.values(), dep}) == 0:
             return None
         hedging = self.settings.hedging
         if hedging.delay == "immediately":
@@ -317,7 +331,8 @@ class AttemptChain:
     # ------------------------------------------------------------------ one attempt
 
     def _start(self, run: ChainRun, dep: Deployment, admission: Pass, is_retry: bool, hedge: bool,
-               hold: Hold) -> None:
+               hold: Hold) -> Coroutine[Any, Any, Outcome]:
+        """Count the attempt and return it, to be awaited (alone) or run as a task (hedged)."""
         now = self.clock()
         metrics = self.registry.state.metrics
         if hedge:
@@ -340,6 +355,4 @@ class AttemptChain:
         self.outcomes.attempt_started(dep, now, run.active.tokens)
         attempt = self.one.attempt(run, dep, admission, hold, now, min(budget, remaining), budget < remaining,
                                    is_retry, hedge)
-        task = asyncio.get_running_loop().create_task(
-            self.one.traced(run, dep, attempt) if self.tracing.enabled else attempt)
-        run.running[task] = dep
+        return self.one.traced(run, dep, attempt) if self.tracing.enabled else attempt
