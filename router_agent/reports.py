@@ -2,8 +2,9 @@
 
 The figures come from the registry (``provider_stats.py`` assembles a provider's: counters,
 uptime, last error, retries, failovers and hedges, each deployment's breaker, rate headroom
-and latency) and the ledger (``core/ledger.py``); this module only publishes them. Writes ``metrics.avg_latency_by_provider``
-and ``metrics.error_rates`` (the snapshot's copy of what it publishes).
+and latency) and the ledger (``core/ledger.py``); this module only publishes them. Writes
+``metrics.avg_latency_by_provider`` and ``metrics.error_rates`` (the snapshot's copy of what
+it publishes).
 """
 
 from __future__ import annotations
