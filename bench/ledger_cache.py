@@ -11,9 +11,10 @@ agent opts in). This one starts agents configured as production would run them (
 - the response cache on (in-process layer + the shared JetStream bucket) for agent ``bench``.
 
 Every request is cacheable (temperature 0) and unique (its id is in its prompt), so each one
-pays a cache lookup that misses (the in-process layer, then a bucket read) and a store (a
-background bucket write), and never a hit: the cost of having the cache on the path, not the
-speed of hits. One informative side repeats one prompt: the latency of hits.
+pays a cache lookup that misses (its key hashed, the in-process layer and the index of the
+bucket's keys asked; no instance wrote it, so the bucket is not read) and a store (a
+background bucket write, whose echo feeds the index), and never a hit: the cost of having the
+cache on the path, not the speed of hits. One informative side repeats one prompt: the latency of hits.
 
 - **latency**: 1 in flight, 0 ms upstream. In every round, in alternating order: the agent
   under test, the bench's default agent (``bench0``, same unique requests, no cap, no cache),
