@@ -33,10 +33,10 @@ class RecordingHttp:
         self.inner = inner
         self.seen: tuple[str, bytes, dict[str, str]] | None = None
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
+    def posting(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
         if self.seen is None:
             self.seen = (url, body, dict(headers))
-        return await self.inner.post(url, body, headers)
+        return self.inner.posting(url, body, headers)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

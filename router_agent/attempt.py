@@ -20,8 +20,10 @@ How an attempt ends:
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Self
 
 from router_agent.chainrun import ChainRun, Outcome
 from router_agent.core.cost import usd
@@ -35,6 +37,96 @@ from router_agent.telemetry import Telemetry
 from signals import Attempt, ErrorInfo, Usage
 
 
+class BoundTimer:
+    """One loop timer for the bounds of every attempt in flight: a heap of expiries, the loop's
+    timer armed for the earliest. A timer of the loop's own costs ~550 bytes (uvloop) for as
+    long as the call lasts; a row here costs ~70. A bound that ended, or moved, leaves its row
+    behind (it no longer matches: nothing fires); rows are compacted when the stale ones
+    outnumber the rest."""
+
+    __slots__ = ("_armed", "_compact_at", "_handle", "_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Bound]] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = math.inf
+        self._seq = 0
+        self._compact_at = 64
+
+    def schedule(self, bound: Bound, when: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, bound))
+        if when < self._armed:
+            self._arm(when)
+        if len(self._heap) >= self._compact_at:
+            self._heap = [row for row in self._heap if row[2].due == row[0]]
+            heapq.heapify(self._heap)
+            self._compact_at = max(64, 2 * len(self._heap))
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = when
+        self._handle = asyncio.get_running_loop().call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle, self._armed = None, math.inf
+        heap = self._heap
+        now = asyncio.get_running_loop().time()
+        while heap and heap[0][0] <= now:
+            when, _, bound = heapq.heappop(heap)
+            if bound.due == when:  # else it ended, or was moved (its new row is in the heap)
+                bound.expire()
+        if heap:
+            self._arm(heap[0][0])
+
+
+class Bound:
+    """``asyncio.timeout``'s semantics for an attempt's bound, on a shared ``BoundTimer``
+    instead of a loop timer of its own (an attempt is on every request's path and its bound
+    lives as long as the call). As with ``asyncio.timeout``, the expiry cancels the task and
+    ``__aexit__`` turns that cancellation, and only that one, into ``TimeoutError``;
+    ``reschedule`` moves the expiry (a stream's first chunk moves it to the request's deadline)."""
+
+    __slots__ = ("_cancelling", "_delay", "_expired", "_task", "_timer", "due")
+
+    def __init__(self, timer: BoundTimer, delay: float):
+        self._timer = timer
+        self._delay = delay
+        self._expired = False
+        self._task: asyncio.Task[Any] | None = None
+        self.due = math.nan
+        """When it expires (loop time); NaN once it has ended (NaN equals no row's time)."""
+
+    async def __aenter__(self) -> Self:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Bound must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.reschedule(asyncio.get_running_loop().time() + self._delay)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
+        task, self._task, self.due = self._task, None, math.nan  # its row no longer matches
+        if self._expired and exc_type is asyncio.CancelledError and task is not None \
+                and task.uncancel() <= self._cancelling:
+            raise TimeoutError from exc
+
+    def reschedule(self, when: float) -> None:
+        self.due = when
+        self._timer.schedule(self, when)
+
+    def expired(self) -> bool:
+        return self._expired
+
+    def expire(self) -> None:
+        if self._task is not None and not self._expired:
+            self._expired = True
+            self._task.cancel()
+
+
 class OneAttempt:
     def __init__(self, registry: ProviderRegistry, outcomes: Outcomes, ledger: LedgerService,
                  clock: Callable[[], float], tracing: Telemetry):
@@ -43,6 +135,8 @@ class OneAttempt:
         self.ledger = ledger
         self.clock = clock
         self.tracing = tracing
+        self.timer = BoundTimer()
+        """Every attempt's bound (``Bound``) expires through this one timer."""
 
     async def traced(self, run: ChainRun, dep: Deployment, attempt: Coroutine[Any, Any, Outcome]) -> Outcome:
         """The attempt inside a GenAI client span (only when telemetry is on)."""
@@ -67,7 +161,7 @@ class OneAttempt:
         request = run.request
         relay = run.relay
         key = registry.secrets.get(dep.provider)
-        scope = asyncio.timeout(bound)
+        scope = Bound(self.timer, bound)
         outcome = Outcome(dep)
         try:
             async with scope:

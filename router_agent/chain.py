@@ -51,7 +51,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from router_agent.attempt import OneAttempt
-from router_agent.chainrun import ChainRun, Outcome, skipped
+from router_agent.chainrun import NOTHING, ChainRun, Outcome, skipped
 from router_agent.core.limiter import NEVER
 from router_agent.core.model import Deployment
 from router_agent.core.retry import RetryBudget, RetryPolicy
@@ -115,7 +115,7 @@ class AttemptChain:
                                 return None
                             continue
                         task = asyncio.get_running_loop().create_task(attempt)
-                        run.running[task] = dep
+                        run.running = {**run.running, task: dep}
                     elif run.lease_short is not None and not run.running:
                         await self._renew_lease(run)
                         continue
@@ -126,9 +126,8 @@ class AttemptChain:
                         if not await self.waitroom.wait(run.request.priority, run.deadline, wake):
                             return None  # the wait room is full
                         waited_at = now
-                        for key, at in run.not_before.items():
-                            if at <= wake:
-                                run.not_before[key] = 0.0  # that backoff is over
+                        run.not_before = {key: 0.0 if at <= wake else at  # a backoff over by then
+                                          for key, at in run.not_before.items()}
                         continue
                     else:
                         hedge_after = None  # nothing to hedge with
@@ -138,7 +137,7 @@ class AttemptChain:
                 done, _ = await asyncio.wait(run.running, timeout=max(0.0, timeout),
                                              return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    del run.running[task]
+                    run.running = {t: d for t, d in run.running.items() if t is not task}
                     outcome = task.result()
                     if outcome.completion is not None:
                         run.won = True
@@ -166,7 +165,7 @@ class AttemptChain:
             if not done:
                 return None
             for task in done:
-                del run.running[task]
+                run.running = {t: d for t, d in run.running.items() if t is not task}
                 outcome = task.result()
                 if outcome.completion is not None:
                     run.won = True
@@ -175,7 +174,7 @@ class AttemptChain:
 
     async def _cancel_running(self, run: ChainRun) -> None:
         tasks = list(run.running)
-        run.running.clear()
+        run.running = NOTHING
         for task in tasks:
             task.cancel()
         if tasks:
@@ -233,7 +232,7 @@ class AttemptChain:
             run.lease_short = dep
             return None
         run.budget_refusal = held.message()
-        run.dropped.add(dep.key)
+        run.dropped[dep.key] = None
         run.attempts.append(skipped(dep, "budget_exceeded", run.budget_refusal))
         return None
 
@@ -301,14 +300,14 @@ class AttemptChain:
         code = error.code
         if code == "context_length_exceeded":
             window = dep.context_window or 0
-            run.dropped.update(d.key for d in run.candidates if (d.context_window or 0) <= window)
+            run.dropped.update(dict.fromkeys(d.key for d in run.candidates if (d.context_window or 0) <= window))
             return True
         if code == "content_filtered":
-            run.dropped.update(d.key for d in run.candidates if d.provider == dep.provider)
+            run.dropped.update(dict.fromkeys(d.key for d in run.candidates if d.provider == dep.provider))
             return True
         if error.retryable:  # a 429 too: its limiter has learnt Retry-After and the quota left
             return self._maybe_retry(run, dep, error.retry_after_s, code == "rate_limited")
-        run.dropped.add(dep.key)
+        run.dropped[dep.key] = None
         return True
 
     def _maybe_retry(self, run: ChainRun, dep: Deployment, retry_after_s: float | None,
@@ -322,10 +321,10 @@ class AttemptChain:
         if wait is None or not self._budget(dep.provider).try_retry(now):
             if rate_limited and retry_after_s is not None and retry_after_s >= remaining:
                 run.rate_wait_s = max(run.rate_wait_s, retry_after_s)  # what it would have needed
-            run.dropped.add(key)
+            run.dropped[key] = None
         else:
-            run.retries[key] = attempt
-            run.not_before[key] = now + wait
+            run.retries = {**run.retries, key: attempt}  # the first write makes it the run's own
+            run.not_before = {**run.not_before, key: now + wait}
         return True
 
     # ------------------------------------------------------------------ one attempt

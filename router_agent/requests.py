@@ -45,7 +45,7 @@ import msgspec
 
 from router_agent.cached import CacheGate
 from router_agent.chain import AttemptChain
-from router_agent.chainrun import ChainRun
+from router_agent.chainrun import ChainRun, Outcome
 from router_agent.config import Config
 from router_agent.core.cost import usd
 from router_agent.core.lifecycle import RequestLifecycle
@@ -283,7 +283,9 @@ class RequestShell:
             ChatMessage(role="user", content=VERIFY_PROMPT),
         ])
         timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
-        checked = await self._chain(check, [verifier], deadline, timeout_ms, started, active, attempts, life)
+        first = len(attempts)
+        run = ChainRun(check, [verifier], deadline, active, attempts, life)
+        checked = self._answer(run, await self.chain.run(run), first, timeout_ms, started)
         draft_info = Verification(status="failed", draft_model=draft.model, draft_provider=draft.provider,
                                   verifier_model=verifier.model, verifier_provider=verifier.provider)
         if checked.error is not None:
@@ -320,8 +322,9 @@ class RequestShell:
                 return hit
         if relay is not None and verifier is not None:
             relay.declined, relay = True, None  # the verifier's answer replaces the draft: nothing to stream
-        response = await self._chain(request, planned.ordered, deadline, timeout_ms, started, active, attempts, life,
-                                     relay, planned.hedge, traceparent)
+        first = len(attempts)
+        run = ChainRun(request, planned.ordered, deadline, active, attempts, life, relay, planned.hedge, traceparent)
+        response = self._answer(run, await self.chain.run(run), first, timeout_ms, started)
         if verifier is not None and response.error is None and response.model == planned.ordered[0].model:
             response = await self._verify(request, response, verifier, deadline, started, active, attempts, life)
         if request.stream and verifier is not None:
@@ -330,24 +333,12 @@ class RequestShell:
             self.cache.store(cache_key, response)
         return response
 
-    async def _chain(
-        self,
-        request: LlmRequest,
-        ordered: list[Deployment],
-        deadline: float,
-        timeout_ms: int,
-        started: float,
-        active: ActiveRequest,
-        attempts: list[Attempt],
-        life: RequestLifecycle,
-        relay: StreamRelay | None = None,
-        hedge: bool = False,
-        traceparent: str | None = None,
-    ) -> LlmResponse:
-        """Walk ``ordered`` (``chain.py``: retries, fallbacks, hedges) and say how it ended."""
-        first = len(attempts)
-        run = ChainRun(request, ordered, deadline, active, attempts, life, relay, hedge, traceparent)
-        outcome = await self.chain.run(run)
+    def _answer(self, run: ChainRun, outcome: Outcome | None, first: int, timeout_ms: int,
+                started: float) -> LlmResponse:
+        """How the attempt chain (``chain.py``: retries, fallbacks, hedges) ended, as the answer.
+        ``first``: the chain's attempts start there in ``run.attempts``. (Plain code after the
+        chain's ``await``: no coroutine of its own held for the length of every call.)"""
+        request, attempts, relay, deadline = run.request, run.attempts, run.relay, run.deadline
         if outcome is not None and outcome.completion is not None:
             dep, completion = outcome.dep, outcome.completion
             cost = sum(a.cost_usd for a in attempts[first:])  # a lost hedge's input is billed too

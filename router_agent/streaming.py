@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from router_agent.core.model import Deployment
 from router_agent.outbox import Outbox
@@ -55,6 +56,9 @@ from signals import (
     ToolCallFragment,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from router_agent.attempt import Bound
 
 VERIFIED_NOT_STREAMED = (
     "stream: true not honoured: a quality_assurance rule verifies this request's answer, which comes whole"
@@ -127,7 +131,7 @@ class StreamRelay:
 
     # ------------------------------------------------------------------ one attempt
 
-    async def attempt(self, events: AsyncIterator[StreamEvent], scope: asyncio.Timeout,
+    async def attempt(self, events: AsyncIterator[StreamEvent], scope: asyncio.Timeout | Bound,
                       deadline: float) -> Completion:
         """Relay one provider stream; the completion it spells once it has ended.
 

@@ -189,12 +189,13 @@ upstream that never sends a newline must not grow the buffer without end."""
 async def post_json(http: HttpClient, url: str, body: bytes, headers: dict[str, str], api_key: str | None) -> bytes:
     """POST, and the body of a 200 answer; anything else raises a typed ``ProviderError``."""
     try:
-        result = await http.post(url, body, headers)
+        async with http.posting(url, body, headers) as response:
+            status, data = response.status, await response.read()
+            if status != 200:
+                raise status_error(status, data, api_key, response.headers)
     except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
         raise unreachable_error(exc) from None
-    if result.status != 200:
-        raise status_error(result.status, result.body, api_key, result.headers)
-    return result.body
+    return data
 
 
 async def stream_body(
