@@ -886,6 +886,16 @@ def test_a_per_model_agent_rule_holds_per_deployment():
             assert plan.decided_by == "agents.a.routing_rules[0]"
 
 
+def test_a_per_model_rule_leaves_the_model_s_other_deployments_in_the_plan():
+    # The rule holds for the local deployment of m only: it leads, and the cloud one of the
+    # same model stays a fallback (it broke no hard constraint).
+    cloud_m, local_m, other = dep("m", "cloud", provider="cloudp"), dep("m", "local", provider="localp"), dep("o", "local")
+    policy = agent_policy([("model.type == 'local'", "m")], names=["m", "o"])
+    plan = run(req("a"), catalog([cloud_m, local_m, other]), policy)
+    assert plan.ordered[0].dep.key == local_m.key
+    assert {c.dep.key for c in plan.ordered} == {cloud_m.key, local_m.key, other.key}
+
+
 def test_decided_by_follows_a_global_rule_that_removes_the_first_choice():
     routing = shipped_routing()
     routing["global_rules"] = routing["global_rules"] + [

@@ -322,7 +322,10 @@ def decide(
                         _sticky(spec.name, request.metadata.get(spec.sticky_key)) if spec.sticky_key else None,
                         spec.dynamic)
     if first:
-        rest = [c for c in kept if c.dep.model != first[0].dep.model]
+        # Not "every other model": a per-model rule may have put only some of a model's
+        # deployments first (those it holds for); the others are still candidates.
+        leading = {id(c) for c in first}
+        rest = [c for c in kept if id(c) not in leading]
         ordered = order(spec.base, first, octx) + order(spec.base, rest, octx, prefer)
     else:
         ordered = order(spec.base, kept, octx, prefer)
