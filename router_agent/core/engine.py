@@ -265,8 +265,8 @@ def decide(
     sensitivity = 1.0 if pii else SENSITIVITY.get(task.privacy_level or "", 0.3)
     weights = policy.factor_weights
 
-    def scorer(cands: list[Scored], store: bool = True, health_of: Any = None) -> list[float]:
-        return score_all(cands, weights, complexity, sensitivity, scale, store, health_of)
+    def scorer(cands: list[Scored], store: bool = True, adaptive: bool = False) -> list[float]:
+        return score_all(cands, weights, complexity, sensitivity, scale, store, adaptive)
 
     # 5. first choice: an operator's primary, else the first rule that holds for a survivor
     first: list[Scored] = []

@@ -65,9 +65,11 @@ class Scored(msgspec.Struct, gc=False):
     suitability: int = 0
     """1-5; 0 until ``suitability`` has run on it."""
     factors: tuple[float, ...] = ()
+    stats: DeploymentStats | None = None
+    """What the deployment has shown (the filter looked it up already): adaptive weights read it."""
 
 
-def adaptive_health(cands: list[Scored], get: Callable[[Any], DeploymentStats | None]) -> list[float]:
+def adaptive_health(cands: list[Scored]) -> list[float]:
     """Each candidate's health weight, 0-1: its error rate and its latency against its own
     longer history (``baseline_ms``), times its health; never below ``ADAPTIVE_FLOOR``.
     One loop over the candidates, no call per candidate: adaptive orders read it for all."""
@@ -76,7 +78,7 @@ def adaptive_health(cands: list[Scored], get: Callable[[Any], DeploymentStats | 
     for c in cands:
         health = 1.0 - c.error_rate
         health *= health * c.health
-        stats = get(c.dep.key)
+        stats = c.stats
         if stats is not None:
             latency, baseline = stats.latency_ms, stats.baseline_ms
             if latency and baseline and baseline < latency:  # degraded: slower than it used to be
@@ -123,13 +125,12 @@ class Scale:
 
 
 def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, sensitivity: float,
-              scale: Scale, store: bool = True, health_of: Callable[[Any], DeploymentStats | None] | None = None,
-              ) -> list[float]:
+              scale: Scale, store: bool = True, adaptive: bool = False) -> list[float]:
     """Each candidate's score; ``store`` fills in its factors and score (a candidate already
     scored keeps its own). ``sensitivity`` is 0-1 (1: PII or high privacy).
 
     An order that ranks every candidate by score needs only the figures (``store=False``:
-    the plan stores the ones it reports); with ``health_of`` (the stats getter) each figure
+    the plan stores the ones it reports); with ``adaptive`` each figure
     is the score times the candidate's adaptive health (``adaptive_health``; 0 for a provider
     weight of 0), what dynamic ``balanced`` ranks by. One loop either way: it runs for every
     candidate of every request."""
@@ -156,11 +157,11 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
             if store:
                 c.factors = (f_complex, f_cost, f_privacy, f_perf, f_avail)
                 c.score = score
-        if health_of is not None:  # adaptive_health, inlined
+        if adaptive:  # adaptive_health, inlined
             if c.weight > 0:
                 health = 1.0 - c.error_rate
                 health *= health * c.health
-                stats = health_of(c.dep.key)
+                stats = c.stats
                 if stats is not None:
                     latency, baseline = stats.latency_ms, stats.baseline_ms
                     if latency and baseline and baseline < latency:
@@ -256,13 +257,13 @@ def _hybrid(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
 
 
 def _adaptive(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
-    weights = [c.weight * h for c, h in zip(cands, adaptive_health(cands, ctx.stats.get))]
+    weights = [c.weight * h for c, h in zip(cands, adaptive_health(cands))]
     return _draw(cands, weights, ctx.rng.random())
 
 
 def _balanced(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
     # By score (times the health weight when dynamic), highest first; reverse keeps ties in order.
-    keys = ctx.score(cands, False, ctx.stats.get if ctx.dynamic else None)
+    keys = ctx.score(cands, False, ctx.dynamic)
     return [cands[i] for i in sorted(range(len(cands)), key=keys.__getitem__, reverse=True)]
 
 
@@ -273,7 +274,7 @@ class OrderContext:
     stats: dict
     scale: Scale
     score: Callable[..., list[float]]
-    """``score_all`` with the request's figures: (candidates, store, health_of) -> their scores."""
+    """``score_all`` with the request's figures: (candidates, store, adaptive) -> their scores."""
     wanted: frozenset[str] = frozenset()
     hybrid: tuple[float, float, float] = (0.4, 0.4, 0.2)
     model_weights: dict | None = None
