@@ -12,12 +12,12 @@ an offset the registry captured once (so a clock step shifts nothing already kep
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING
 
 from router_agent.core.health import ROUTABLE
 from router_agent.core.redact import redact
 from signals import DeploymentMetrics, ProviderStats
+from signals.envelope import iso_ms
 
 if TYPE_CHECKING:
     from router_agent.registry import ProviderRegistry
@@ -28,10 +28,7 @@ MAX_LAST_ERROR = 200
 
 def wall_iso(monotonic: float, wall_offset: float) -> str:
     """``monotonic`` (the agent's clock) as ISO 8601 UTC with milliseconds, like the envelope's ``time``."""
-    seconds = monotonic + wall_offset
-    whole = math.floor(seconds)
-    millis = min(int((seconds - whole) * 1000), 999)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    return iso_ms(math.floor((monotonic + wall_offset) * 1000))
 
 
 def provider_stats(registry: ProviderRegistry, name: str, now: float) -> ProviderStats:

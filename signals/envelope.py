@@ -107,13 +107,18 @@ _last_ms = -1
 _last_iso = ""
 
 
+def iso_ms(unix_ms: int) -> str:
+    """``unix_ms`` (milliseconds since the epoch) as signals write times: ISO 8601, UTC, milliseconds."""
+    seconds, millis = divmod(unix_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
 def _now_iso() -> str:
     """UTC time to the millisecond; formatted once per millisecond (every event needs it)."""
     global _last_ms, _last_iso
     now_ms = time.time_ns() // 1_000_000
     if now_ms != _last_ms:
-        seconds, millis = divmod(now_ms, 1000)
-        _last_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+        _last_iso = iso_ms(now_ms)
         _last_ms = now_ms
     return _last_iso
 
