@@ -309,14 +309,13 @@ def decide(
     if spec.complexity_split:
         prefer = "cloud" if complexity >= 7 else "local" if complexity <= 3 else prefer
     if prefer == "local" and (spec.cloud_above_complexity is not None or spec.cloud_below_confidence is not None):
-        best_local = best_local_confidence(kept, task.type, complexity, catalog.stats.get,
-                                            spec.cloud_below_confidence)
+        best_local = best_local_confidence(kept, task.type, complexity, spec.cloud_below_confidence)
         if (spec.cloud_above_complexity is not None and complexity >= spec.cloud_above_complexity) or (
                 spec.cloud_below_confidence is not None and best_local < spec.cloud_below_confidence):
             prefer = "cloud"
             notes.append(f"{name}: complexity {complexity} / local confidence {best_local:.2f} past the "
                          "fallback_to_cloud_threshold: cloud first")
-    octx = OrderContext(rng, cursor, catalog.stats, scale, scorer, agent.capabilities | limits.capabilities
+    octx = OrderContext(rng, cursor, scale, scorer, agent.capabilities | limits.capabilities
                         | ({task.type} if task.type else frozenset()), spec.hybrid,
                         dict(spec.model_weights) or None,
                         _sticky(spec.name, request.metadata.get(spec.sticky_key)) if spec.sticky_key else None,
@@ -343,9 +342,8 @@ def decide(
         return base
     shown = ordered[: max(limit, 2) if limit else len(ordered)]  # the runner-up too: confidence reads it
     scorer(shown)
-    get = catalog.stats.get
     for c in shown:
-        c.suitability = suitability(c.dep, task.type, complexity, get(c.dep.key))
+        c.suitability = suitability(c.dep, task.type, complexity, c.stats)
     base.ordered = ordered
     base.decided_by = decided_by
     base.notes = notes
@@ -354,7 +352,7 @@ def decide(
         base.verify_with = verifier = verifier_for(ordered, local_only is not None)
         if verifier is not None and verifier.suitability == 0:  # beyond the part scored above
             scorer([verifier])
-            verifier.suitability = suitability(verifier.dep, task.type, complexity, get(verifier.dep.key))
+            verifier.suitability = suitability(verifier.dep, task.type, complexity, verifier.stats)
         if verifier is None:
             notes.append(f"{verify_rule}: no stronger model may serve this request; answered unverified")
         else:

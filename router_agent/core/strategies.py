@@ -25,7 +25,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
 
 import msgspec
 
@@ -271,7 +270,6 @@ def _balanced(cands: list[Scored], ctx: OrderContext) -> list[Scored]:
 class OrderContext:
     rng: random.Random
     cursor: int
-    stats: dict
     scale: Scale
     score: Callable[..., list[float]]
     """``score_all`` with the request's figures: (candidates, store, adaptive) -> their scores."""
@@ -308,13 +306,13 @@ def order(base: str, cands: list[Scored], ctx: OrderContext, prefer_type: str | 
 # ------------------------------------------------------------------ what a plan reports
 
 
-def best_local_confidence(kept: list[Scored], task_type: str | None, complexity: int, get: Any,
+def best_local_confidence(kept: list[Scored], task_type: str | None, complexity: int,
                            enough: float | None) -> float:
     """The best local candidate's suitability / 5; stops at the first that reaches ``enough``."""
     best = 0.0
     for c in kept:
         if c.dep.type == "local":
-            best = max(best, suitability(c.dep, task_type, complexity, get(c.dep.key)) / 5)
+            best = max(best, suitability(c.dep, task_type, complexity, c.stats) / 5)
             if enough is not None and best >= enough:
                 break
     return best
