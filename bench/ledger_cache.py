@@ -35,6 +35,7 @@ counter on the bus, so misses are shown as the answers stored in the bucket.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -96,15 +97,26 @@ class LedgerCache:
         return await BusClient.connect(self.bench.nats_url, f"{prefix}.llm_request", unique_prompt=True,
                                        temperature=TEMPERATURE, tally=tally)
 
+    @contextlib.asynccontextmanager
+    async def _agent_and_clients(self, emulator: Child, prefix: str) -> AsyncIterator[tuple[Child, dict[str, Any]]]:
+        """The agent under test and a dict for the clients; on the way out every client is
+        closed and the agent stopped."""
+        agent = self._start_agent(emulator, prefix)
+        clients: dict[str, Any] = {}
+        try:
+            yield agent, clients
+        finally:
+            for client in clients.values():
+                await client.close()
+            self.bench.stack.stop(agent)
+
     # ------------------------------------------------------------------ latency
 
     async def latency(self) -> dict[str, Any]:
         b, s = self.bench, self.bench.sizes
         assert b.e0 is not None and b.a0 is not None and b.bus_echo is not None
-        agent = self._start_agent(b.e0, PREFIX_0MS)
         unique, hits = Tally(), Tally()
-        clients: dict[str, Any] = {}
-        try:
+        async with self._agent_and_clients(b.e0, PREFIX_0MS) as (_, clients):
             clients["ledger_cache"] = await self._unique(PREFIX_0MS, unique)
             clients["plain"] = await self._unique(b.a0.info["prefix"])
             clients["direct"] = await HttpClient(b.e0.info["url"], unique_prompt=True, temperature=TEMPERATURE).open()
@@ -130,10 +142,6 @@ class LedgerCache:
             out["plain_share"] = _minus(out["plain_added"], out["echo"])
             out["hits_added"] = _minus(out["hits"], out["direct"])
             out["evidence"] = await self.evidence(PREFIX_0MS, unique, hits)
-        finally:
-            for client in clients.values():
-                await client.close()
-            b.stack.stop(agent)
         _fail_on(out["evidence"])
         return out
 
@@ -144,11 +152,9 @@ class LedgerCache:
         level = s.goal_in_flight
         await b.fresh_200(level)  # a fresh emulator and default agent, as the throughput scenario measures
         assert b.e200 is not None and b.a200 is not None
-        agent = self._start_agent(b.e200, PREFIX_200MS)
         unique = Tally()
-        clients: dict[str, Any] = {}
-        agents = {"ledger_cache": agent, "plain": b.a200, "direct": agent}
-        try:
+        async with self._agent_and_clients(b.e200, PREFIX_200MS) as (agent, clients):
+            agents = {"ledger_cache": agent, "plain": b.a200, "direct": agent}
             clients["ledger_cache"] = await self._unique(PREFIX_200MS, unique)
             clients["plain"] = await self._unique(b.a200.info["prefix"])
             clients["direct"] = await HttpClient(b.e200.info["url"], unique_prompt=True,
@@ -173,10 +179,6 @@ class LedgerCache:
             out = {"in_flight": level, "upstream_ms": UPSTREAM_LATENCY_MS, "ideal_rps": level / UPSTREAM_LATENCY_MS
                    * 1000, **combine(rounds)}
             out["evidence"] = await self.evidence(PREFIX_200MS, unique, None)
-        finally:
-            for client in clients.values():
-                await client.close()
-            b.stack.stop(agent)
         _fail_on(out["evidence"])
         return out
 
