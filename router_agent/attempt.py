@@ -223,14 +223,26 @@ class OneAttempt:
             self.ledger.release(hold)
             self._broken(run, dep, admission, (self.clock() - began) * 1000)
             raise
-        latency = (self.clock() - began) * 1000
-        cost = usd(self.ledger.settle(hold, completion.usage()))
-        self.registry.state.metrics.total_cost += cost
-        outcomes.record_success(dep, admission, latency, completion, cost, run.active.tokens, self.clock())
+        now = self.clock()
+        latency = (now - began) * 1000
+        usage = completion.usage()
+        micros = self.ledger.price(hold, usage)
+        cost = usd(micros)
         run.attempts.append(Attempt(provider=dep.provider, model=dep.model, outcome="ok", latency_ms=round(latency, 3),
                                     retry=is_retry, hedge=hedge, cost_usd=round(cost, 10)))
         outcome.completion = completion
         outcome.cost = cost
+        tokens = run.active.tokens
+
+        def book() -> None:
+            self.ledger.settle(hold, usage, micros)
+            self.registry.state.metrics.total_cost += cost
+            outcomes.record_success(dep, admission, latency, completion, cost, tokens, now)
+
+        if run.after_answer is None:
+            book()
+        else:
+            run.after_answer.append(book)  # the caller's answer goes first (requests.py)
         return outcome
 
     def _broken(self, run: ChainRun, dep: Deployment, admission: Pass, latency_ms: float) -> None:

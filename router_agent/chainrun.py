@@ -6,7 +6,8 @@ Plain data, written only by ``chain.py`` (and read by ``requests.py`` to answer)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,11 @@ from router_agent.core.model import Deployment
 from router_agent.providers.base import Completion, ProviderError
 from signals import Attempt, ErrorInfo, LlmRequest
 
+log = logging.getLogger("router_agent")
+
 if TYPE_CHECKING:
     from router_agent.core.lifecycle import RequestLifecycle
-    from router_agent.state import ActiveRequest
+    from router_agent.state import ActiveRequest, Metrics
     from router_agent.streaming import StreamRelay
 
 NOTHING: Mapping[Any, Any] = MappingProxyType({})
@@ -70,6 +73,21 @@ class ChainRun:
     """An attempt succeeded: the others still running are cancelled (and billed)."""
     budget_refusal: str = ""
     """Why the last candidate was refused by a budget, when that is why nothing was tried."""
+    after_answer: list[Callable[[], None]] | None = None
+    """Where an attempt leaves the bookkeeping its answer does not wait for (settling its
+    cost, its outcome's effect on breakers, stats and limiters): the request shell runs it
+    once the answer is on its way. None: run at once."""
+
+
+def book_after_answer(after: list[Callable[[], None]], metrics: Metrics) -> None:
+    """Run an answered request's bookkeeping (``ChainRun.after_answer``); a failing step is
+    logged and counted, and the others still run."""
+    for book in after:
+        try:
+            book()
+        except Exception:
+            log.exception("bookkeeping after an answer failed")
+            metrics.internal_errors += 1
 
 
 def skipped(dep: Deployment, code: Any, message: str) -> Attempt:

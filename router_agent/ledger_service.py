@@ -229,17 +229,24 @@ class LedgerService:
             held = self.reserve(request, dep, tokens)
         return held
 
-    def settle(self, held: Hold, usage: Usage) -> int:
+    def settle(self, held: Hold, usage: Usage, cost: int | None = None) -> int:
         """The provider billed the attempt (answered, failed after billing, lost a hedge):
-        book its exact cost and learn from it; the micro-dollars."""
+        book its exact cost and learn from it; the micro-dollars. ``cost``: those micro-dollars,
+        when the caller priced the usage already (``price``)."""
         dep = held.dep
-        cost = pricing.cost_micros(usage, dep)
+        if cost is None:
+            cost = pricing.cost_micros(usage, dep)
         if not usage.estimated:
             self.estimator.learn(dep.key, held.est_out, usage.output_tokens,
                                  estimated_in=held.est_in, actual_in=usage.input_tokens)
         self._book(held.agent, dep, usage, cost)
         self.budget.settle(held.reservation, cost)
         return cost
+
+    @staticmethod
+    def price(held: Hold, usage: Usage) -> int:
+        """What ``settle`` will book for ``usage``, in micro-dollars (pure: nothing is booked)."""
+        return pricing.cost_micros(usage, held.dep)
 
     def release(self, held: Hold) -> None:
         """The attempt was not billed (refused, failed before the provider charged, abandoned)."""

@@ -27,8 +27,11 @@ import nats.errors
 from router_agent.routes import addressable_id
 from router_agent.state import Metrics
 from signals import (
+    Attempt,
+    ErrorCode,
     ErrorInfo,
     EventFactory,
+    LlmRequest,
     LlmResponse,
     ProviderRegistered,
     RouterError,
@@ -128,6 +131,13 @@ class Outbox:
             await self.nc.publish(subject, payload, headers=headers)
         except (nats.errors.Error, OSError) as exc:
             log.warning("publish to %s failed: %s", subject, type(exc).__name__)
+
+
+def error_answer(request: LlmRequest, code: ErrorCode, message: str, retryable: bool,
+                 attempts: list[Attempt]) -> LlmResponse:
+    """An error answer to ``request``, with the attempts made for it."""
+    return LlmResponse(request_id=request.request_id, agent_id=request.agent_id, status="error",
+                       attempts=attempts, error=ErrorInfo(code=code, message=message, retryable=retryable))
 
 
 def invalid_request_answer(payload: bytes, exc: SignalError) -> LlmResponse:

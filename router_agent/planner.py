@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from router_agent.config import Config
-from router_agent.core.engine import decide
+from router_agent.core.engine import Plan, decide
 from router_agent.core.model import Deployment
 from router_agent.core.strategies import Scored
 from router_agent.ledger_service import LedgerService
@@ -45,9 +45,40 @@ class Planner:
         self.publishing: set[asyncio.Task[None]] = set()
         """Decisions on their way to the bus (``drain`` waits for them at a stop)."""
 
-    async def _publish_after_a_turn(self, subject: str, decision: RoutingDecision, traceparent: str | None) -> None:
+    async def _publish_after_a_turn(self, request: LlmRequest, plan: Plan, ordered: list[Scored],
+                                    traceparent: str | None) -> None:
         await asyncio.sleep(0)  # one turn of the loop: the adapter's request is written first
-        await self.outbox.publish(subject, "routing_decision", decision, traceparent)
+        await self._publish(request, plan, ordered, traceparent)
+
+    async def _publish(self, request: LlmRequest, plan: Plan, ordered: list[Scored], traceparent: str | None) -> None:
+        await self.outbox.publish(self.outbox.subjects.routing_decision(request.agent_id), "routing_decision",
+                                  self._decision(request, plan, ordered), traceparent)
+
+    def _decision(self, request: LlmRequest, plan: Plan, ordered: list[Scored]) -> RoutingDecision:
+        chosen = ordered[0] if ordered else None
+        decision = RoutingDecision(
+            request_id=request.request_id,
+            agent_id=request.agent_id,
+            strategy=plan.strategy,
+            rule=plan.decided_by,
+            reason=plan.reason,
+            confidence=plan.confidence,
+            complexity=plan.complexity,
+            complexity_source=plan.complexity_source,
+            pii_kinds=list(plan.pii),
+            privacy=plan.privacy,
+            chosen=_candidate(chosen) if chosen is not None else None,
+            fallbacks=[_candidate(c) for c in ordered[1:]],
+            verify_with=_candidate(plan.verify_with) if plan.verify_with is not None else None,
+            estimated_cost_usd=round(chosen.estimate, 8) if chosen is not None else 0.0,
+            notes=plan.notes,
+            rejected=plan.rejected[:MAX_REJECTIONS_LISTED],
+            rejected_omitted=max(0, len(plan.rejected) - MAX_REJECTIONS_LISTED),
+            emulated=chosen is not None and self.state.providers[chosen.dep.provider].emulated,
+        )
+        if self.policy.verbose:
+            log.info("routing %s/%s: %s", request.agent_id, request.request_id, _describe(decision))
+        return decision
 
     def _published(self, task: asyncio.Task[None]) -> None:
         self.publishing.discard(task)
@@ -80,44 +111,20 @@ class Planner:
             # Rate limited now: tried (waited for) only after every candidate that can go now.
             ranked = [c for c in ranked if c.rate_share < 1.0] + [c for c in ranked if c.rate_share >= 1.0]
         ordered = ranked[: self.settings.max_attempts]
-        chosen = ordered[0] if ordered else None
         active.tokens = plan.tokens
         active.input_tokens = plan.input_tokens
         metrics = self.state.metrics
         metrics.decisions_by_strategy[plan.strategy] = metrics.decisions_by_strategy.get(plan.strategy, 0) + 1
         if plan.privacy_constraint == "privacy":
             metrics.privacy_activations += 1
-        decision = RoutingDecision(
-            request_id=request.request_id,
-            agent_id=request.agent_id,
-            strategy=plan.strategy,
-            rule=plan.decided_by,
-            reason=plan.reason,
-            confidence=plan.confidence,
-            complexity=plan.complexity,
-            complexity_source=plan.complexity_source,
-            pii_kinds=list(plan.pii),
-            privacy=plan.privacy,
-            chosen=_candidate(chosen) if chosen is not None else None,
-            fallbacks=[_candidate(c) for c in ordered[1:]],
-            verify_with=_candidate(plan.verify_with) if plan.verify_with is not None else None,
-            estimated_cost_usd=round(chosen.estimate, 8) if chosen is not None else 0.0,
-            notes=plan.notes,
-            rejected=plan.rejected[:MAX_REJECTIONS_LISTED],
-            rejected_omitted=max(0, len(plan.rejected) - MAX_REJECTIONS_LISTED),
-            emulated=chosen is not None and self.state.providers[chosen.dep.provider].emulated,
-        )
-        if self.policy.verbose:
-            log.info("routing %s/%s: %s", request.agent_id, request.request_id, _describe(decision))
-        subject = self.outbox.subjects.routing_decision(request.agent_id)
         if ordered:
-            # Published once the first attempt is on its way: encoding the decision and the bus
-            # write it triggers would otherwise sit between the plan and the upstream call.
-            task = asyncio.get_running_loop().create_task(self._publish_after_a_turn(subject, decision, traceparent))
+            # Built, encoded and published once the first attempt is on its way: they would
+            # otherwise sit between the plan and the upstream call.
+            task = asyncio.get_running_loop().create_task(self._publish_after_a_turn(request, plan, ordered, traceparent))
             self.publishing.add(task)
             task.add_done_callback(self._published)
         else:
-            await self.outbox.publish(subject, "routing_decision", decision, traceparent)
+            await self._publish(request, plan, ordered, traceparent)
         verifier = plan.verify_with.dep if plan.verify_with is not None else None
         return Planned([c.dep for c in ordered], plan.reason, verifier, plan.hedge, plan.cache,
                        plan.privacy_constraint == "privacy")

@@ -45,7 +45,7 @@ import msgspec
 
 from router_agent.cached import CacheGate
 from router_agent.chain import AttemptChain
-from router_agent.chainrun import ChainRun, Outcome
+from router_agent.chainrun import ChainRun, Outcome, book_after_answer
 from router_agent.config import Config
 from router_agent.core.cost import usd
 from router_agent.core.lifecycle import RequestLifecycle
@@ -53,7 +53,7 @@ from router_agent.core.model import Deployment
 from router_agent.core.redact import redact
 from router_agent.core.retry import RetryBudget, RetryPolicy
 from router_agent.ledger_service import LedgerService
-from router_agent.outbox import Outbox, invalid_request_answer
+from router_agent.outbox import Outbox, error_answer, invalid_request_answer
 from router_agent.outcomes import Outcomes
 from router_agent.planner import Planner
 from router_agent.providers.base import estimated_usage
@@ -66,8 +66,6 @@ from signals import (
     AssistantMessage,
     Attempt,
     ChatMessage,
-    ErrorCode,
-    ErrorInfo,
     LlmRequest,
     LlmResponse,
     SignalError,
@@ -153,7 +151,7 @@ class RequestShell:
         """In flight and queue both full: answered at once, never held in memory or left to
         NATS to drop. The hint is the time a slot takes to free, on average."""
         self.state.metrics.shed += 1
-        response = _error(request, "overloaded",
+        response = error_answer(request, "overloaded",
                           f"router is at capacity ({self.settings.max_concurrent_requests} in flight, "
                           f"{self.settings.max_queued_requests} queued)", True, [])
         assert response.error is not None
@@ -169,7 +167,7 @@ class RequestShell:
 
     async def _refuse_stopping(self, request: LlmRequest, reply: str, traceparent: str | None,
                                life: RequestLifecycle) -> None:
-        response = _error(request, "shutting_down", "router is stopping", True, [])
+        response = error_answer(request, "shutting_down", "router is stopping", True, [])
         await self._finish(request, response, reply, traceparent, life)
 
     async def reject(self, msg: Any, exc: SignalError) -> None:
@@ -184,7 +182,7 @@ class RequestShell:
         key = (request.agent_id, request.request_id)
         active_requests = self.state.active_requests
         if key in active_requests:
-            response = _error(request, "invalid_request",
+            response = error_answer(request, "invalid_request",
                               f"request_id {request.request_id!r} is already in flight for this agent", False, [])
             await self._finish(request, response, reply, traceparent, life)
             return
@@ -196,25 +194,30 @@ class RequestShell:
         response: LlmResponse | None = None
         relay = StreamRelay.for_request(self.outbox, request, reply, self.settings.stream_coalesce_ms,
                                         self.clock) if request.stream else None
+        after: list[Callable[[], None]] = []  # the attempts' bookkeeping, run once the answer is sent
         slot = False
         try:
             slot = await self._take_slot(request, started)
             if slot:
-                response = await self._route_and_call(request, traceparent, started, active, attempts, life, relay)
+                response = await self._route_and_call(request, traceparent, started, active, attempts, life, relay,
+                                                      after)
             else:
-                response = _error(request, "timeout", "the deadline passed while the request waited for a slot "
+                response = error_answer(request, "timeout", "the deadline passed while the request waited for a slot "
                                   f"({self.settings.max_concurrent_requests} in flight)", True, attempts)
         except asyncio.CancelledError:
-            response = _error(request, "shutting_down", "router stopped before the provider answered", True, attempts)
+            response = error_answer(request, "shutting_down", "router stopped before the provider answered", True, attempts)
             if relay is not None and relay.committed:
                 await relay.drain()
                 response = self._cut(request, relay, attempts, stopped=True)
-            await self._finish(request, response, reply, traceparent, life, relay)
+            try:
+                await self._finish(request, response, reply, traceparent, life, relay)
+            finally:
+                self._after_answer(after)
             raise
         except Exception:
             log.exception("request %s failed unexpectedly", request.request_id)
             self.state.metrics.internal_errors += 1
-            response = _error(request, "internal", "internal router error", True, attempts)
+            response = error_answer(request, "internal", "internal router error", True, attempts)
         finally:
             if slot:
                 self._slots.release()
@@ -229,7 +232,19 @@ class RequestShell:
                 })
         if not response.latency_ms:  # errors too say how long the caller waited
             response.latency_ms = round((self.clock() - started) * 1000, 3)
-        await self._finish(request, response, reply, traceparent, life, relay)
+        try:
+            await self._finish(request, response, reply, traceparent, life, relay)
+        finally:
+            self._after_answer(after)
+        if after:
+            await asyncio.sleep(0)  # serve() returns once that bookkeeping has run
+
+    def _after_answer(self, after: list[Callable[[], None]]) -> None:
+        """Queue the attempts' bookkeeping behind the answer's write to the bus (the caller does
+        not wait for it); a callback, not the task's: it runs also when the task is cancelled."""
+        if after:
+            asyncio.get_running_loop().call_soon(book_after_answer, after[:], self.state.metrics)
+            after.clear()
 
     async def _take_slot(self, request: LlmRequest, started: float) -> bool:
         """A concurrency slot, waiting for one while the request's deadline allows."""
@@ -272,7 +287,7 @@ class RequestShell:
 
     async def _verify(self, request: LlmRequest, draft: LlmResponse, verifier: Deployment, deadline: float,
                       started: float, active: ActiveRequest, attempts: list[Attempt],
-                      life: RequestLifecycle) -> LlmResponse:
+                      life: RequestLifecycle, after: list[Callable[[], None]]) -> LlmResponse:
         """quality_assurance: a stronger model checks the draft. The caller gets the
         verifier's answer (``verification.status: verified``); if the verifier fails, the
         draft with ``status: failed``. Both calls are billed and listed in ``attempts``."""
@@ -284,7 +299,9 @@ class RequestShell:
         ])
         timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
         first = len(attempts)
-        run = ChainRun(check, [verifier], deadline, active, attempts, life)
+        book_after_answer(after, self.state.metrics)  # the draft's cost is booked before the verifier's is held
+        after.clear()
+        run = ChainRun(check, [verifier], deadline, active, attempts, life, after_answer=after)
         checked = self._answer(run, await self.chain.run(run), first, timeout_ms, started)
         draft_info = Verification(status="failed", draft_model=draft.model, draft_provider=draft.provider,
                                   verifier_model=verifier.model, verifier_provider=verifier.provider)
@@ -307,10 +324,11 @@ class RequestShell:
         attempts: list[Attempt],
         life: RequestLifecycle,
         relay: StreamRelay | None,
+        after: list[Callable[[], None]],
     ) -> LlmResponse:
         planned = await self.planner.plan(request, traceparent, active)
         if not planned.ordered:
-            return _error(request, "no_candidates", planned.reason, False, attempts)
+            return error_answer(request, "no_candidates", planned.reason, False, attempts)
         life.process_plan()
         timeout_ms = request.timeout_ms or self.settings.default_timeout_ms
         deadline = started + timeout_ms / 1000
@@ -323,10 +341,12 @@ class RequestShell:
         if relay is not None and verifier is not None:
             relay.declined, relay = True, None  # the verifier's answer replaces the draft: nothing to stream
         first = len(attempts)
-        run = ChainRun(request, planned.ordered, deadline, active, attempts, life, relay, planned.hedge, traceparent)
+        run = ChainRun(request, planned.ordered, deadline, active, attempts, life, relay, planned.hedge, traceparent,
+                       after_answer=after)
         response = self._answer(run, await self.chain.run(run), first, timeout_ms, started)
         if verifier is not None and response.error is None and response.model == planned.ordered[0].model:
-            response = await self._verify(request, response, verifier, deadline, started, active, attempts, life)
+            response = await self._verify(request, response, verifier, deadline, started, active, attempts, life,
+                                          after)
         if request.stream and verifier is not None:
             response.warnings.append(VERIFIED_NOT_STREAMED)
         if cache_key is not None and self.cache is not None:
@@ -359,24 +379,24 @@ class RequestShell:
         if relay is not None and relay.committed:
             return self._cut(request, relay, attempts)
         if self.clock() >= deadline:
-            return _error(request, "timeout", f"no answer within {timeout_ms} ms", True, attempts)
+            return error_answer(request, "timeout", f"no answer within {timeout_ms} ms", True, attempts)
         last_error = run.last_error
         known = self.registry.secrets.known()
         if last_error is not None and not last_error.fallback:
-            return _error(request, last_error.code, redact(last_error.message, known), False, attempts)
+            return error_answer(request, last_error.code, redact(last_error.message, known), False, attempts)
         if run.rate_wait_s > 0:
-            response = _error(request, "rate_limited", "rate limits leave no candidate within the deadline: it "
+            response = error_answer(request, "rate_limited", "rate limits leave no candidate within the deadline: it "
                               f"would have needed to wait {run.rate_wait_s * 1000:.0f} ms", True, attempts)
             assert response.error is not None
             response.error.retry_after_ms = round(run.rate_wait_s * 1000, 1)
             return response
         if not any(a.outcome != "skipped" for a in attempts):
             if run.budget_refusal:
-                return _error(request, "budget_exceeded", run.budget_refusal, False, attempts)
+                return error_answer(request, "budget_exceeded", run.budget_refusal, False, attempts)
             if run.too_large:
-                return _error(request, "rate_limited", "the request needs more tokens than the tokens-per-minute "
+                return error_answer(request, "rate_limited", "the request needs more tokens than the tokens-per-minute "
                               "limit of every candidate allows", False, attempts)
-        return _error(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
+        return error_answer(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
 
 
     def _cut(self, request: LlmRequest, relay: StreamRelay, attempts: list[Attempt],
@@ -396,12 +416,3 @@ def _sum_usage(a: Usage, b: Usage) -> Usage:
     return Usage(**{f: getattr(a, f) + getattr(b, f) for f in Usage.__struct_fields__ if f != "estimated"},
                  estimated=a.estimated or b.estimated)
 
-
-def _error(request: LlmRequest, code: ErrorCode, message: str, retryable: bool, attempts: list[Attempt]) -> LlmResponse:
-    return LlmResponse(
-        request_id=request.request_id,
-        agent_id=request.agent_id,
-        status="error",
-        attempts=attempts,
-        error=ErrorInfo(code=code, message=message, retryable=retryable),
-    )

@@ -614,3 +614,45 @@ async def test_a_runtime_local_host_that_re_resolves_outside_local_networks_is_r
     reason = guard(host, ["8.8.8.8"])  # a public address the endpoint policy alone would allow
     assert reason is not None and "local_networks" in reason
     assert guard("cloud.example", ["8.8.8.8"]) is None  # not a local provider's host: policy only
+
+
+# --------------------------------------------------------------------------- answer first, book after
+
+
+async def test_the_answer_is_sent_before_the_attempt_is_booked_and_the_booking_follows(fast):
+    """The caller does not wait for the bookkeeping: at the moment the answer is handed to the
+    bus, the attempt's cost and outcome are not booked yet; by the time the caller holds
+    the answer, they are."""
+    f = await fast.start()
+    f.mock.script(GPT4, content="first", input_tokens=1000, output_tokens=1000)
+    seen_at_send: list[tuple[float, int]] = []
+    send_answer = f.agent.outbox.send_answer
+
+    async def recording_send_answer(*args: Any) -> None:
+        seen_at_send.append((f.metrics.total_cost, f.agent.provider_stats("openai").successes))
+        await send_answer(*args)
+
+    f.agent.outbox.send_answer = recording_send_answer  # observes; the real send still runs
+    response = await ask(f, model="gpt-4-turbo")
+
+    assert response.status == "ok" and response.cost_usd == pytest.approx(0.04)  # priced before it went
+    assert seen_at_send == [(0.0, 0)]
+    assert f.metrics.total_cost == pytest.approx(0.04)
+    assert f.agent.provider_stats("openai").successes == 1
+    assert f.agent.cost_report().by_provider["openai"].cost_usd == pytest.approx(0.04)
+
+
+def test_a_failing_bookkeeping_step_is_logged_and_counted_and_the_others_still_run(caplog):
+    from router_agent.chainrun import book_after_answer
+
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("bookkeeping bug")
+
+    metrics = Metrics()
+    book_after_answer([lambda: ran.append("first"), broken, lambda: ran.append("third")], metrics)
+
+    assert ran == ["first", "third"]
+    assert metrics.internal_errors == 1
+    assert "bookkeeping after an answer failed" in caplog.text
