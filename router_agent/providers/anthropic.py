@@ -40,9 +40,7 @@ from router_agent.providers.base import (
     cut_short,
     estimated_usage,
     post_json,
-    relay,
-    sse_data,
-    stream_body,
+    stream_events,
     unreadable_error,
 )
 from router_agent.providers.errors import stream_error
@@ -349,9 +347,9 @@ class AnthropicAdapter:
 
     def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
         parser = StreamParser(request, api_key)
-        return relay(parser, sse_data(stream_body(self._http, f"{deployment.base_url}/messages",
-                                        build_request(request, deployment.model_id, stream=True),
-                                        _headers(api_key, "text/event-stream"), api_key)))
+        return stream_events(parser, self._http, f"{deployment.base_url}/messages",
+                             build_request(request, deployment.model_id, stream=True),
+                             _headers(api_key, "text/event-stream"), api_key, sse=True)
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         headers = {"anthropic-version": API_VERSION, **({"x-api-key": api_key} if api_key else {})}

@@ -52,9 +52,8 @@ __all__ = [
     "estimated_usage",
     "post_json",
     "redirect_error",
-    "sse_events",
     "status_error",
-    "stream_body",
+    "stream_events",
     "unreachable_error",
     "unreadable_error",
 ]
@@ -198,11 +197,26 @@ async def post_json(http: HttpClient, url: str, body: bytes, headers: dict[str, 
     return data
 
 
-async def stream_body(
-    http: HttpClient, url: str, body: bytes, headers: dict[str, str], api_key: str | None
-) -> AsyncGenerator[bytes, None]:
-    """POST, then the answer's lines as they arrive (without their line ends). A non-200
-    answer, a dropped connection or an over-long line raises a typed ``ProviderError``."""
+class FrameParser(Protocol):
+    """What ``stream_events`` drives: a vendor's stream parser (``done``, when it has one,
+    says the vendor has finished and nothing after matters)."""
+
+    def feed(self, frame: bytes) -> list[StreamEvent]: ...
+
+    def end(self) -> StreamEvent: ...
+
+
+async def stream_events(parser: FrameParser, http: HttpClient, url: str, body: bytes, headers: dict[str, str],
+                        api_key: str | None, *, sse: bool) -> AsyncGenerator[StreamEvent, None]:
+    """Every adapter's stream: POST, cut the answer into lines as they arrive, take each
+    frame (a server-sent event's data when ``sse``, else an NDJSON line) and yield the
+    parser's events until it says it is done, then its end event.
+
+    One generator from the socket to the event: a layer of generators per step (lines,
+    events, data, parsed) cost a resumption each, per token. A non-200 answer, a dropped
+    connection or an over-long line raises a typed ``ProviderError``."""
+    decoder = SSEDecoder() if sse else None
+    feed, has_done = parser.feed, hasattr(parser, "done")
     try:
         async with http.stream(url, body, headers) as response:
             if response.status != 200:
@@ -214,59 +228,33 @@ async def stream_body(
                 if len(rest) > MAX_LINE_BYTES:
                     raise ProviderError("server_error", "provider sent a stream line too long to read", True)
                 for line in lines:
-                    yield line[:-1] if line.endswith(b"\r") else line
-            if rest:
-                yield rest
-    except (aiohttp.ClientError, OSError) as exc:
+                    if line.endswith(b"\r"):
+                        line = line[:-1]
+                    if decoder is not None:
+                        event = decoder.feed(line)
+                        if event is None:
+                            continue
+                        line = event[1]
+                    for item in feed(line):
+                        yield item
+                    if has_done and parser.done:  # type: ignore[attr-defined]
+                        break
+                else:
+                    continue
+                break  # the vendor said it has finished: the rest is not read
+            else:
+                # The last line without its line end, and an event without its blank line.
+                tail = [rest] if rest else []
+                if decoder is not None:
+                    tail = [e[1] for e in (*map(decoder.feed, tail), decoder.flush()) if e is not None]
+                for frame in tail:
+                    for item in feed(frame):
+                        yield item
+                    if has_done and parser.done:  # type: ignore[attr-defined]
+                        break
+    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
         raise unreachable_error(exc) from None
-
-
-class FrameParser(Protocol):
-    """What ``relay`` drives: a vendor's stream parser."""
-
-    def feed(self, frame: bytes) -> list[StreamEvent]: ...
-
-    def end(self) -> StreamEvent: ...
-
-
-async def relay(parser: FrameParser, frames: AsyncGenerator[bytes, None]) -> AsyncGenerator[StreamEvent, None]:
-    """Every adapter's stream loop: the parser's events for each frame (an SSE event's data, an
-    NDJSON line) until the parser says it is ``done`` (if it can tell), then its end event.
-    The frames are closed whatever happens (the consumer may stop reading early)."""
-    try:
-        async for frame in frames:
-            for item in parser.feed(frame):
-                yield item
-            if getattr(parser, "done", False):
-                break
-    finally:
-        await frames.aclose()
     yield parser.end()
-
-
-async def sse_data(lines: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-    """The data of each server-sent event in ``lines`` (the event names are not needed)."""
-    events = sse_events(lines)
-    try:
-        async for _, data in events:
-            yield data
-    finally:
-        await events.aclose()
-
-
-async def sse_events(lines: AsyncGenerator[bytes, None]) -> AsyncGenerator[tuple[str, bytes], None]:
-    """``(event, data)`` for each server-sent event in ``lines``; closes ``lines`` when done."""
-    decoder = SSEDecoder()
-    try:
-        async for line in lines:
-            event = decoder.feed(line)
-            if event is not None:
-                yield event
-        event = decoder.flush()
-        if event is not None:
-            yield event
-    finally:
-        await lines.aclose()
 
 
 class SSEDecoder:

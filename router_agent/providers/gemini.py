@@ -47,9 +47,7 @@ from router_agent.providers.base import (
     cut_short,
     estimated_usage,
     post_json,
-    relay,
-    sse_data,
-    stream_body,
+    stream_events,
     unreadable_error,
 )
 from router_agent.providers.errors import stream_error
@@ -341,8 +339,8 @@ class GeminiAdapter:
     def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
         parser = StreamParser(request, api_key)
         url = f"{deployment.base_url}/models/{deployment.model_id}:streamGenerateContent?alt=sse"
-        return relay(parser, sse_data(stream_body(self._http, url, build_request(request),
-                                        _headers(api_key, "text/event-stream"), api_key)))
+        return stream_events(parser, self._http, url, build_request(request),
+                             _headers(api_key, "text/event-stream"), api_key, sse=True)
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         return await probe_get(self._http, base_url, "/models", {"x-goog-api-key": api_key} if api_key else {})

@@ -29,8 +29,7 @@ from router_agent.providers.base import (
     cut_short,
     estimated_usage,
     post_json,
-    relay,
-    stream_body,
+    stream_events,
     unreadable_error,
 )
 from router_agent.providers.errors import stream_error
@@ -242,8 +241,9 @@ class OllamaAdapter:
 
     def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
         parser = StreamParser(request, api_key)
-        return relay(parser, stream_body(self._http, f"{deployment.base_url}/api/chat",
-                            build_request(request, deployment.model_id, stream=True), _headers(api_key), api_key))
+        return stream_events(parser, self._http, f"{deployment.base_url}/api/chat",
+                             build_request(request, deployment.model_id, stream=True), _headers(api_key), api_key,
+                             sse=False)
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         return await probe_get(self._http, base_url, "/api/tags", _headers(api_key))

@@ -31,9 +31,7 @@ from router_agent.providers.base import (
     cut_short,
     estimated_usage,
     post_json,
-    relay,
-    sse_data,
-    stream_body,
+    stream_events,
     unreadable_error,
 )
 from router_agent.providers.errors import stream_error, unreachable_detail
@@ -252,9 +250,9 @@ class OpenAIAdapter:
 
     def stream(self, request: LlmRequest, deployment: Deployment, api_key: str | None) -> AsyncIterator[StreamEvent]:
         parser = StreamParser(request, api_key)
-        return relay(parser, sse_data(stream_body(self._http, f"{deployment.base_url}/chat/completions",
-                                        build_request(request, deployment.model_id, stream=True),
-                                        _headers(_STREAM_HEADERS, api_key), api_key)))
+        return stream_events(parser, self._http, f"{deployment.base_url}/chat/completions",
+                             build_request(request, deployment.model_id, stream=True),
+                             _headers(_STREAM_HEADERS, api_key), api_key, sse=True)
 
     async def probe(self, base_url: str, api_key: str | None) -> tuple[bool, str, bool]:
         return await probe_get(self._http, base_url, "/models", _headers({}, api_key))
