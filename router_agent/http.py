@@ -28,11 +28,10 @@ Two rules keep provider traffic inside the endpoint policy (``core/endpoints.py`
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,20 +175,15 @@ class HttpClient:
         return self._session
 
     def posting(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
-        """The POST as aiohttp's own context manager, no redirects followed. Not a coroutine:
-        a caller on the request path (``providers.base.post_json``) holds one frame less for
-        as long as the provider takes."""
+        """The POST as aiohttp's own context manager (the response unread, for a caller that
+        reads it whole or streams it), no redirects followed. Not a coroutine nor a context
+        manager of ours: a caller on the request path holds no frame of this for as long as
+        the provider takes."""
         return self._open().post(url, data=body, headers=headers, allow_redirects=False)
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> HttpResult:
         async with self.posting(url, body, headers) as response:
             return HttpResult(response.status, await response.read(), response.headers)
-
-    @contextlib.asynccontextmanager
-    async def stream(self, url: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST and hand over the response unread, for a streamed answer; no redirects followed."""
-        async with self._open().post(url, data=body, headers=headers, allow_redirects=False) as response:
-            yield response
 
     async def get(self, url: str, headers: dict[str, str]) -> HttpResult:
         async with self._open().get(url, headers=headers, allow_redirects=False) as response:

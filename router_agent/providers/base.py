@@ -218,7 +218,7 @@ async def stream_events(parser: FrameParser, http: HttpClient, url: str, body: b
     decoder = SSEDecoder() if sse else None
     feed, has_done = parser.feed, hasattr(parser, "done")
     try:
-        async with http.stream(url, body, headers) as response:
+        async with http.posting(url, body, headers) as response:
             if response.status != 200:
                 raise status_error(response.status, await response.read(), api_key, response.headers)
             rest = b""
