@@ -385,10 +385,16 @@ def _scan(text: str, wanted: set[str], found: set[str]) -> None:
     if wanted <= found:
         return
     shape = raw.translate(_SHAPE)
-    if wanted & {"phone", "payment_card", "national_id", "ip_address"} - found:
+    if b"9" not in shape:
+        return  # every kind left needs a digit
+    if not _NUMBER_KINDS.isdisjoint(wanted - found):
         _scan_numbers(raw, shape, wanted, found)
-    if wanted & {"iban", "national_id"} - found:
+    if not _CODE_KINDS.isdisjoint(wanted - found):
         _scan_codes(raw, shape, wanted, found)
+
+
+_NUMBER_KINDS = frozenset({"phone", "payment_card", "national_id", "ip_address"})
+_CODE_KINDS = frozenset({"iban", "national_id"})
 
 
 def detect(texts: Iterable[str], kinds: Collection[PiiKind] = KINDS) -> frozenset[PiiKind]:
