@@ -55,6 +55,7 @@ class Planner:
                                   self._decision(request, plan, ordered), traceparent)
 
     def _decision(self, request: LlmRequest, plan: Plan, ordered: list[Scored]) -> RoutingDecision:
+        plan.explain()
         chosen = ordered[0] if ordered else None
         decision = RoutingDecision(
             request_id=request.request_id,
@@ -103,7 +104,7 @@ class Planner:
             request, policy=self.policy, catalog=self.registry, aliases=self.config.aliases,
             breakers=self.state.circuit_breakers, overrides=self.state.routing_overrides,
             daily_cloud_cost=self.ledger.daily_cloud_cost(), now=self.clock(), rng=self.rng,
-            cursor=lb.cursor, limit=self.settings.max_attempts,
+            cursor=lb.cursor, limit=self.settings.max_attempts, explain=False,  # explained when published
         )
         lb.cursor += 1
         ranked = plan.ordered

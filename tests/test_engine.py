@@ -917,3 +917,34 @@ def test_the_verifier_is_scored_whatever_the_limit():
 def test_confidence_does_not_depend_on_the_limit():
     request = req("someone", task=Task(critical=True))
     assert limited(request, 1, cursor=3).confidence == limited(request, 0, cursor=3).confidence
+
+
+@pytest.mark.parametrize("agent, task", [
+    ("backend_agent", Task(type="code_generation")),
+    ("frontend_agent", Task(type="ui_design", complexity=8)),
+    ("cto_agent", Task(type="architecture_decision", critical=True)),
+    ("tester", Task(type="chat")),
+    ("qa_agent", Task(type="test_generation", critical=True)),  # with a verifier
+])
+def test_a_plan_explained_later_is_the_plan_explained_at_once(agent, task):
+    """``decide(explain=False)`` (the agent's way: the decision is published after the call is
+    on its way) leaves scores, suitability and confidence to ``Plan.explain``, which then
+    gives exactly what ``decide`` gives at once, and the same order."""
+    config = shipped_config()
+    request = req(agent, task=task)
+
+    def plan(explain: bool) -> Plan:
+        return decide(request, policy=config.policy, catalog=shipped_catalog(config), aliases=config.aliases,
+                      breakers={}, overrides=None, daily_cloud_cost=0.0, now=NOW, rng=random.Random(7), cursor=3,
+                      limit=3, explain=explain)
+
+    at_once, later = plan(True), plan(False)
+    assert later.unexplained is not None and models(later) == models(at_once)
+    assert later.explain() is later and later.unexplained is None
+
+    def explanation(p: Plan) -> Any:
+        return (p.confidence, [(c.dep.model, c.score, c.suitability) for c in p.ordered],
+                p.verify_with and p.verify_with.dep.model, p.notes, p.reason)
+
+    assert explanation(later) == explanation(at_once)
+    assert at_once.confidence > 0 and at_once.ordered[0].suitability > 0

@@ -30,7 +30,7 @@ break one either. Same inputs and the same ``rng`` state give the same plan.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,6 +110,16 @@ class Plan:
     """Estimated tokens of the request (prompt and completion), for the rate limiters."""
     input_tokens: int = 0
     """Estimated prompt tokens (what a cancelled hedge is billed)."""
+    unexplained: Callable[[], None] | None = None
+    """What ``explain`` still has to work out (``decide(..., explain=False)``)."""
+
+    def explain(self) -> Plan:
+        """Work out the scores, suitability and confidence the order did not need, if
+        ``decide`` left them; the plan, explained."""
+        if self.unexplained is not None:
+            pending, self.unexplained = self.unexplained, None
+            pending()
+        return self
 
 
 def estimate_complexity(request: LlmRequest, est_in: int) -> int:
@@ -143,9 +153,12 @@ def decide(
     rng: random.Random,
     cursor: int,
     limit: int = 0,
+    explain: bool = True,
 ) -> Plan:
     """``limit``: how many candidates the caller will try (0: all). Scores, suitability and
-    per-model ``switch_to_fallback`` rules are worked out for that many, in order."""
+    per-model ``switch_to_fallback`` rules are worked out for that many, in order.
+    ``explain=False``: the scores, suitability and confidence that only explain the order
+    are left to ``Plan.explain`` (a caller that reports them after acting on the plan)."""
     task = request.task
     agent_id = request.agent_id
     agent = policy.agents.get(agent_id, _NO_AGENT)
@@ -341,9 +354,13 @@ def decide(
         base.notes = notes
         return base
     shown = ordered[: max(limit, 2) if limit else len(ordered)]  # the runner-up too: confidence reads it
-    scorer(shown)
-    for c in shown:
-        c.suitability = suitability(c.dep, task.type, complexity, c.stats)
+
+    def explained() -> None:
+        scorer(shown)
+        for c in shown:
+            c.suitability = suitability(c.dep, task.type, complexity, c.stats)
+        base.confidence = confidence(ordered, decided_by)
+
     base.ordered = ordered
     base.decided_by = decided_by
     base.notes = notes
@@ -357,8 +374,8 @@ def decide(
             notes.append(f"{verify_rule}: no stronger model may serve this request; answered unverified")
         else:
             notes.append(f"{verify_rule}: {ordered[0].dep.model} answers, {base.verify_with.dep.model} verifies")
-    base.confidence = confidence(ordered, decided_by)
-    return base
+    base.unexplained = explained
+    return base.explain() if explain else base
 
 
 def _sticky(strategy: str, value: str | None) -> str | None:
