@@ -136,25 +136,32 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
     top_cost, fastest = scale.top_cost, scale.fastest
     w_complex, w_cost, w_privacy, w_perf, w_avail = weights
     cloud_privacy = 1.0 - sensitivity
+    # The weights folded into per-request constants, and the complexity factor once per
+    # quality level: the loop runs for every candidate of every request.
+    cost_per_usd = w_cost / top_cost if top_cost > 0 else 0.0
+    perf_scaled = w_perf * fastest
+    privacy_local, privacy_cloud = w_privacy, w_privacy * cloud_privacy
+    by_quality: dict[int, float] = {}
     scores: list[float] = []
     append = scores.append
     for c in cands:
         score = c.score
         if score < 0:
             dep = c.dep
-            gap = complexity - dep.quality  # a weaker model loses 0.2 a point, a stronger 0.05
-            f_complex = 1.0 - 0.2 * gap if gap > 0 else 1.0 + 0.05 * gap
-            if f_complex < 0.0:  # noqa: PLR1730 - an if is cheaper than a call, per candidate
-                f_complex = 0.0
-            f_cost = 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0
-            f_privacy = 1.0 if dep.type == "local" else cloud_privacy
-            f_perf = fastest / c.latency if c.latency > 0 else 1.0
-            f_avail = ((1.0 - c.load if c.load < 1.0 else 0.0) * (1.0 - c.rate_share if c.rate_share < 1.0 else 0.0)
+            f_complex = by_quality.get(dep.quality)
+            if f_complex is None:
+                gap = complexity - dep.quality  # a weaker model loses 0.2 a point, a stronger 0.05
+                f_complex = by_quality[dep.quality] = max(0.0, 1.0 - 0.2 * gap if gap > 0 else 1.0 + 0.05 * gap)
+            latency, load, rate_share = c.latency, c.load, c.rate_share
+            f_avail = ((1.0 - load if load < 1.0 else 0.0) * (1.0 - rate_share if rate_share < 1.0 else 0.0)
                        * c.health)
-            score = (w_complex * f_complex + w_cost * f_cost + w_privacy * f_privacy
-                     + w_perf * f_perf + w_avail * f_avail)
+            score = (w_complex * f_complex + w_cost - c.estimate * cost_per_usd
+                     + (privacy_local if dep.type == "local" else privacy_cloud)
+                     + (perf_scaled / latency if latency > 0 else w_perf) + w_avail * f_avail)
             if store:
-                c.factors = (f_complex, f_cost, f_privacy, f_perf, f_avail)
+                c.factors = (f_complex, 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0,
+                             1.0 if dep.type == "local" else cloud_privacy,
+                             fastest / latency if latency > 0 else 1.0, f_avail)
                 c.score = score
         if adaptive:  # adaptive_health, inlined
             if c.weight > 0:
