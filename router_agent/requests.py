@@ -36,6 +36,7 @@ the grace period lasts; only after it are they answered ``shutting_down``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -194,7 +195,7 @@ class RequestShell:
         response: LlmResponse | None = None
         relay = StreamRelay.for_request(self.outbox, request, reply, self.settings.stream_coalesce_ms,
                                         self.clock) if request.stream else None
-        after: list[Callable[[], None]] = []  # the attempts' bookkeeping, run once the answer is sent
+        after: list[Callable[[], None]] = []  # bookkeeping (settlements, the cache's store) run once the answer is sent
         slot = False
         try:
             slot = await self._take_slot(request, started)
@@ -350,7 +351,7 @@ class RequestShell:
         if request.stream and verifier is not None:
             response.warnings.append(VERIFIED_NOT_STREAMED)
         if cache_key is not None and self.cache is not None:
-            self.cache.store(cache_key, response)
+            after.append(functools.partial(self.cache.store, cache_key, response))  # once the caller has it
         return response
 
     def _answer(self, run: ChainRun, outcome: Outcome | None, first: int, timeout_ms: int,
