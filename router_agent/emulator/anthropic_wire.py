@@ -18,7 +18,7 @@ from aiohttp import web
 
 from router_agent.emulator.content import Answer, Prompt, Tool, fragments, pieces
 from router_agent.emulator.faults import retry_after_headers
-from router_agent.emulator.respond import BadRequest, Ctx, Frame, Wire, handle, json_response
+from router_agent.emulator.respond import BadRequest, Ctx, Frame, Wire, handle, json_response, stamp
 
 # --- request -------------------------------------------------------------------------
 
@@ -190,7 +190,20 @@ def render(prompt: Prompt, result: Answer, ctx: Ctx) -> bytes:
 
 
 def _event(name: bytes, payload: dict[str, Any], tokens: int = 0) -> Frame:
-    return Frame(b"event: " + name + b"\ndata: " + _encode(payload) + b"\n\n", tokens)
+    return Frame(_event_bytes(name, payload), tokens)
+
+
+def _event_bytes(name: bytes, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name + b"\ndata: " + _encode(payload) + b"\n\n"
+
+
+def _deltas(index: int, kind: str, field: str, texts: list[str]) -> list[Frame]:
+    """One ``content_block_delta`` per text, a token each."""
+    def delta(text: str) -> bytes:
+        payload = {"type": "content_block_delta", "index": index, "delta": {"type": kind, field: text}}
+        return _event_bytes(b"content_block_delta", payload)
+
+    return [Frame(data, 1) for data in stamp(delta, texts)]
 
 
 def frames(prompt: Prompt, result: Answer, ctx: Ctx) -> list[Frame]:
@@ -200,15 +213,13 @@ def frames(prompt: Prompt, result: Answer, ctx: Ctx) -> list[Frame]:
     for index, block in enumerate(_blocks(result, ctx)):
         if isinstance(block, TextBlock):
             opening: Any = TextBlock("")
-            deltas = [{"type": "text_delta", "text": p} for p in pieces(block.text)]
+            deltas = _deltas(index, "text_delta", "text", pieces(block.text))
         else:
             opening = ToolUseBlock(block.id, block.name, {})
-            deltas = [{"type": "input_json_delta", "partial_json": p}
-                      for p in fragments(_encode(block.input).decode())]
+            deltas = _deltas(index, "input_json_delta", "partial_json", fragments(_encode(block.input).decode()))
         out.append(_event(b"content_block_start",
                           {"type": "content_block_start", "index": index, "content_block": opening}))
-        out.extend(_event(b"content_block_delta",
-                          {"type": "content_block_delta", "index": index, "delta": d}, 1) for d in deltas)
+        out.extend(deltas)
         out.append(_event(b"content_block_stop", {"type": "content_block_stop", "index": index}))
     out.append(_event(b"message_delta", {
         "type": "message_delta",

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from router_agent.emulator.content import Answer, Prompt, Tool, count_prompt_tokens, pieces
 from router_agent.emulator.faults import retry_after_headers
-from router_agent.emulator.respond import BadRequest, Ctx, Frame, Wire, handle, json_response
+from router_agent.emulator.respond import BadRequest, Ctx, Frame, Wire, handle, json_response, stamp
 from router_agent.emulator.runtime import RUNTIME
 
 # --- request -------------------------------------------------------------------------
@@ -185,26 +185,31 @@ def render(prompt: Prompt, result: Answer, ctx: Ctx) -> bytes:
     return _encode(_response(prompt, ctx, parts, _usage(result), _finish(result)))
 
 
-def _chunks(prompt: Prompt, result: Answer, ctx: Ctx) -> list[tuple[bytes, int]]:
+def _chunks(prompt: Prompt, result: Answer, ctx: Ctx, head: bytes, tail: bytes) -> list[Frame]:
+    """The stream's chunks, each between ``head`` and ``tail``."""
     if result.tool_calls:
         whole = _response(prompt, ctx, _call_parts(result, ctx), _usage(result), _finish(result))
-        return [(_encode(whole), result.completion_tokens)]
+        return [Frame(head + _encode(whole) + tail, result.completion_tokens)]
     texts = pieces(result.text) or [""]
     partial = _usage(result, final=False)
-    out = [(_encode(_response(prompt, ctx, [{"text": t}], partial, None)), 1) for t in texts[:-1]]
+
+    def chunk(text: str) -> bytes:
+        return head + _encode(_response(prompt, ctx, [{"text": text}], partial, None)) + tail
+
+    out = [Frame(data, 1) for data in stamp(chunk, texts[:-1])]
     last = _response(prompt, ctx, [{"text": texts[-1]}], _usage(result), _finish(result))
-    out.append((_encode(last), 1))
+    out.append(Frame(head + _encode(last) + tail, 1))
     return out
 
 
 def frames(prompt: Prompt, result: Answer, ctx: Ctx) -> list[Frame]:
-    return [Frame(b"data: " + data + b"\r\n\r\n", tokens) for data, tokens in _chunks(prompt, result, ctx)]
+    return _chunks(prompt, result, ctx, b"data: ", b"\r\n\r\n")
 
 
 def array_frames(prompt: Prompt, result: Answer, ctx: Ctx) -> list[Frame]:
     """Without ``alt=sse`` the API streams one JSON array, element by element."""
-    chunks = _chunks(prompt, result, ctx)
-    out = [Frame((b"[" if i == 0 else b",\r\n") + data, tokens) for i, (data, tokens) in enumerate(chunks)]
+    out = _chunks(prompt, result, ctx, b",\r\n", b"")
+    out[0].data = b"[" + out[0].data.removeprefix(b",\r\n")
     out.append(Frame(b"]"))
     return out
 

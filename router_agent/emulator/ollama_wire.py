@@ -19,7 +19,7 @@ from aiohttp import web
 
 from router_agent.emulator.content import Answer, Prompt, Tool, pieces
 from router_agent.emulator.faults import retry_after_headers
-from router_agent.emulator.respond import BadRequest, Ctx, Frame, Wire, handle, json_response
+from router_agent.emulator.respond import BadRequest, Ctx, Frame, Wire, handle, json_response, stamp
 from router_agent.emulator.runtime import RUNTIME
 
 # --- request -------------------------------------------------------------------------
@@ -143,10 +143,12 @@ def frames(prompt: Prompt, result: Answer, ctx: Ctx) -> list[Frame]:
     if result.tool_calls:
         line = {"model": prompt.model, "created_at": created, "message": _message(result, ""), "done": False}
         out.append(Frame(_encode(line) + b"\n", result.completion_tokens))
-    for piece in pieces(result.text):
-        line = {"model": prompt.model, "created_at": created,
-                "message": {"role": "assistant", "content": piece}, "done": False}
-        out.append(Frame(_encode(line) + b"\n", 1))
+
+    def piece_line(piece: str) -> bytes:
+        return _encode({"model": prompt.model, "created_at": created,
+                        "message": {"role": "assistant", "content": piece}, "done": False}) + b"\n"
+
+    out.extend(Frame(data, 1) for data in stamp(piece_line, pieces(result.text)))
     last = _final(prompt, result, ctx, {"role": "assistant", "content": ""})
     out.append(Frame(_encode(last) + b"\n"))
     return out

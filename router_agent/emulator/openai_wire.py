@@ -9,6 +9,7 @@ then ``data: [DONE]``. Errors are ``{"error": {"message", "type", "code", "param
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from router_agent.emulator.content import Answer, Prompt, Tool, fragments, pieces
 from router_agent.emulator.faults import retry_after_headers
-from router_agent.emulator.respond import BadRequest, Ctx, Frame, Wire, handle, json_response
+from router_agent.emulator.respond import BadRequest, Ctx, Frame, Wire, handle, json_response, stamp
 from router_agent.emulator.runtime import RUNTIME
 
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
@@ -269,18 +270,20 @@ class Chunk(msgspec.Struct):
 def frames(prompt: Prompt, result: Answer, ctx: Ctx) -> list[Frame]:
     cid = f"chatcmpl-emu-{ctx.serial}"
 
-    def event(delta: Delta, finish: str | None = None, tokens: int = 0) -> Frame:
+    def event(delta: Delta, finish: str | None = None) -> bytes:
         chunk = Chunk(cid, prompt.model, ctx.created, [ChunkChoice(0, delta, finish)])
-        return Frame(b"data: " + _encode(chunk) + b"\n\n", tokens)
+        return b"data: " + _encode(chunk) + b"\n\n"
 
-    out = [event(Delta(role="assistant", content="" if not result.tool_calls else None))]
+    def arguments(index: int) -> Callable[[str], bytes]:
+        return lambda part: event(Delta(tool_calls=[DeltaToolCall(index, DeltaFunction(arguments=part))]))
+
+    out = [Frame(event(Delta(role="assistant", content="" if not result.tool_calls else None)))]
     for index, call in enumerate(_calls(result, ctx)):
         head = DeltaToolCall(index, DeltaFunction(call.function.name, ""), call.id, "function")
-        out.append(event(Delta(tool_calls=[head]), tokens=1))
-        out.extend(event(Delta(tool_calls=[DeltaToolCall(index, DeltaFunction(arguments=part))]), tokens=1)
-                   for part in fragments(call.function.arguments))
-    out.extend(event(Delta(content=piece), tokens=1) for piece in pieces(result.text))
-    out.append(event(Delta(), result.finish))
+        out.append(Frame(event(Delta(tool_calls=[head])), 1))
+        out.extend(Frame(data, 1) for data in stamp(arguments(index), fragments(call.function.arguments)))
+    out.extend(Frame(data, 1) for data in stamp(lambda piece: event(Delta(content=piece)), pieces(result.text)))
+    out.append(Frame(event(Delta(), result.finish)))
     if prompt.include_usage:
         chunk = Chunk(cid, prompt.model, ctx.created, [], _usage(result))
         out.append(Frame(b"data: " + _encode(chunk) + b"\n\n"))
