@@ -20,6 +20,7 @@ How an attempt ends:
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import math
 from collections.abc import Callable, Coroutine
@@ -31,7 +32,7 @@ from router_agent.core.model import Deployment
 from router_agent.core.redact import redact
 from router_agent.ledger_service import Hold, LedgerService
 from router_agent.outcomes import Outcomes, Pass
-from router_agent.providers.base import ProviderError
+from router_agent.providers.base import Completion, ProviderError
 from router_agent.registry import ProviderRegistry
 from router_agent.telemetry import Telemetry
 from signals import Attempt, ErrorInfo, Usage
@@ -232,18 +233,24 @@ class OneAttempt:
                                     retry=is_retry, hedge=hedge, cost_usd=round(cost, 10)))
         outcome.completion = completion
         outcome.cost = cost
-        tokens = run.active.tokens
-
-        def book() -> None:
-            self.ledger.settle(hold, usage, micros)
-            self.registry.state.metrics.total_cost += cost
-            outcomes.record_success(dep, admission, latency, completion, cost, tokens, now)
-
+        # A partial, not a closure: a closure's variables would be cells made when every
+        # attempt starts, held for as long as the provider takes.
+        book = functools.partial(self._book_success, dep, admission, hold, usage, micros, latency, completion,
+                                 run.active.tokens, now)
         if run.after_answer is None:
             book()
         else:
             run.after_answer.append(book)  # the caller's answer goes first (requests.py)
         return outcome
+
+    def _book_success(self, dep: Deployment, admission: Pass, hold: Hold, usage: Usage, micros: int,
+                      latency_ms: float, completion: Completion, tokens: int, now: float) -> None:
+        """A successful attempt's settlement: its cost booked, its outcome on breakers, stats
+        and limiter."""
+        self.ledger.settle(hold, usage, micros)
+        cost = usd(micros)
+        self.registry.state.metrics.total_cost += cost
+        self.outcomes.record_success(dep, admission, latency_ms, completion, cost, tokens, now)
 
     def _broken(self, run: ChainRun, dep: Deployment, admission: Pass, latency_ms: float) -> None:
         """An adapter raised what it must not (a bug): give the admission back, say so in the

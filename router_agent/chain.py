@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from router_agent.attempt import OneAttempt
@@ -126,8 +126,7 @@ class AttemptChain:
                         if not await self.waitroom.wait(run.request.priority, run.deadline, wake):
                             return None  # the wait room is full
                         waited_at = now
-                        run.not_before = {key: 0.0 if at <= wake else at  # a backoff over by then
-                                          for key, at in run.not_before.items()}
+                        run.not_before = _after_wait(run.not_before, wake)
                         continue
                     else:
                         hedge_after = None  # nothing to hedge with
@@ -137,7 +136,7 @@ class AttemptChain:
                 done, _ = await asyncio.wait(run.running, timeout=max(0.0, timeout),
                                              return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    run.running = {t: d for t, d in run.running.items() if t is not task}
+                    run.running = _without(run.running, task)
                     outcome = task.result()
                     if outcome.completion is not None:
                         run.won = True
@@ -165,7 +164,7 @@ class AttemptChain:
             if not done:
                 return None
             for task in done:
-                run.running = {t: d for t, d in run.running.items() if t is not task}
+                run.running = _without(run.running, task)
                 outcome = task.result()
                 if outcome.completion is not None:
                     run.won = True
@@ -355,3 +354,16 @@ class AttemptChain:
         attempt = self.one.attempt(run, dep, admission, hold, now, min(budget, remaining), budget < remaining,
                                    is_retry, hedge)
         return self.one.traced(run, dep, attempt) if self.tracing.enabled else attempt
+
+
+# Helpers, not comprehensions in ``run``: a comprehension's free variable would be a cell
+# that ``run`` makes when it starts and holds for as long as the provider takes.
+
+def _without(running: Mapping[asyncio.Task[Outcome], Deployment],
+             task: asyncio.Task[Outcome]) -> dict[asyncio.Task[Outcome], Deployment]:
+    return {t: d for t, d in running.items() if t is not task}
+
+
+def _after_wait(not_before: Mapping[tuple[str, str], float], wake: float) -> dict[tuple[str, str], float]:
+    """The backoffs still running once the wait is over (one over by then is 0)."""
+    return {key: 0.0 if at <= wake else at for key, at in not_before.items()}

@@ -67,3 +67,17 @@ def test_the_agent_docstring_table_shows_every_route():
         assert cells[2].split(".")[-1] == route.handle.__name__
         assert cells[4] == route.publishes
         assert ("(queue)" in cells[0]) == bool(route.queue)
+
+
+def test_the_coroutines_a_request_holds_while_its_provider_answers_make_no_cells():
+    """Memory per request in flight is a goal (bench): each of these frames lives as long as the
+    provider takes, and a closure or comprehension over a local makes that local a cell,
+    created when the coroutine starts (~50 bytes each). Helpers and partials instead."""
+    from router_agent.attempt import OneAttempt
+    from router_agent.chain import AttemptChain
+    from router_agent.providers import base, openai
+    from router_agent.requests import RequestShell
+
+    held = [RequestShell.serve, RequestShell._route_and_call, AttemptChain.run, OneAttempt.attempt,
+            OneAttempt.traced, base.post_json, base.stream_events, openai.OpenAIAdapter.complete]
+    assert {f.__qualname__: f.__code__.co_cellvars for f in held if f.__code__.co_cellvars} == {}
