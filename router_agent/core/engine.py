@@ -57,6 +57,7 @@ from router_agent.core.strategies import (
     confidence,
     order,
     score_all,
+    sticky_key,
     suitability,
     verifier_for,
 )
@@ -114,10 +115,9 @@ class Plan:
     """What ``explain`` still has to work out (``decide(..., explain=False)``)."""
 
     def explain(self) -> Plan:
-        """Work out the scores, suitability and confidence the order did not need, if
-        ``decide`` left them; the plan, explained."""
-        if self.unexplained is not None:
-            pending, self.unexplained = self.unexplained, None
+        """The plan, with the scores, suitability and confidence ``decide`` may have left."""
+        pending, self.unexplained = self.unexplained, None
+        if pending is not None:
             pending()
         return self
 
@@ -156,9 +156,8 @@ def decide(
     explain: bool = True,
 ) -> Plan:
     """``limit``: how many candidates the caller will try (0: all). Scores, suitability and
-    per-model ``switch_to_fallback`` rules are worked out for that many, in order.
-    ``explain=False``: the scores, suitability and confidence that only explain the order
-    are left to ``Plan.explain`` (a caller that reports them after acting on the plan)."""
+    per-model ``switch_to_fallback`` rules are worked out for that many, in order. ``explain=False``
+    leaves what only explains the order to ``Plan.explain`` (for a caller that reports it later)."""
     task = request.task
     agent_id = request.agent_id
     agent = policy.agents.get(agent_id, _NO_AGENT)
@@ -331,7 +330,7 @@ def decide(
     octx = OrderContext(rng, cursor, scale, scorer, agent.capabilities | limits.capabilities
                         | ({task.type} if task.type else frozenset()), spec.hybrid,
                         dict(spec.model_weights) or None,
-                        _sticky(spec.name, request.metadata.get(spec.sticky_key)) if spec.sticky_key else None,
+                        sticky_key(spec.name, request.metadata.get(spec.sticky_key)) if spec.sticky_key else None,
                         spec.dynamic)
     if first:
         # Not "every other model": a per-model rule may have put only some of a model's
@@ -376,11 +375,6 @@ def decide(
             notes.append(f"{verify_rule}: {ordered[0].dep.model} answers, {base.verify_with.dep.model} verifies")
     base.unexplained = explained
     return base.explain() if explain else base
-
-
-def _sticky(strategy: str, value: str | None) -> str | None:
-    """The strategy's name salts the key: two experiments do not split users alike."""
-    return None if value is None else f"{strategy}\0{value}"
 
 
 def _per_model(rules: list, ordered: list[Scored], ctx: dict[str, Any], rejected: list[Rejection],

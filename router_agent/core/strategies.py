@@ -287,6 +287,12 @@ class OrderContext:
     dynamic: bool = False
 
 
+def sticky_key(strategy: str, value: str | None) -> str | None:
+    """A sticky assignment's key; the strategy's name salts it: two experiments do not split
+    users alike."""
+    return None if value is None else f"{strategy}\0{value}"
+
+
 ORDERS: dict[str, Callable[[list[Scored], OrderContext], list[Scored]]] = {
     "round_robin": _round_robin,
     "weighted": _weighted,
