@@ -948,3 +948,22 @@ def test_a_plan_explained_later_is_the_plan_explained_at_once(agent, task):
 
     assert explanation(later) == explanation(at_once)
     assert at_once.confidence > 0 and at_once.ordered[0].suitability > 0
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_two_fallback_rules_give_the_same_first_choices_whatever_the_limit(limit):
+    """Two per-model switch_to_fallback rules in a row: the first must leave the whole order as
+    a full walk would, since the second reads past the limit (found by the property test
+    test_a_limit_only_bounds_what_is_worked_out)."""
+    a, b, c = dep("a", provider="p0"), dep("b", provider="p1"), dep("c", provider="p2")
+    routing = {"default_strategy": "rr", "strategies": {"rr": {"base": "round_robin"}}, "global_rules": [
+        {"name": "not_p0", "condition": "model.provider == 'p0'", "action": "switch_to_fallback"},
+        {"name": "not_p1", "condition": "model.provider == 'p1'", "action": "switch_to_fallback"}]}
+    policy = policy_of(routing, names=["a", "b", "c"])
+
+    def plan(limit: int) -> Plan:
+        return decide(req("tester"), policy=policy, catalog=catalog([a, b, c]), aliases={}, breakers={},
+                      overrides=None, daily_cloud_cost=0.0, now=NOW, rng=random.Random(0), cursor=0, limit=limit)
+
+    assert models(plan(0)) == ["c", "a", "b"]  # a behind b and c, then b behind c and a
+    assert models(plan(limit))[:limit] == ["c", "a"][:limit]

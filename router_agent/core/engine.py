@@ -359,7 +359,6 @@ def decide(
         for c in shown:
             c.suitability = suitability(c.dep, task.type, complexity, c.stats)
         base.confidence = confidence(ordered, decided_by)
-
     base.ordered = ordered
     base.decided_by = decided_by
     base.notes = notes
@@ -380,7 +379,9 @@ def decide(
 def _per_model(rules: list, ordered: list[Scored], ctx: dict[str, Any], rejected: list[Rejection],
                notes: list[str], decided_by: str, verify_rule: str, limit: int) -> tuple[list[Scored], str, str]:
     mctx = dict(ctx)
-    for g in rules:
+    # Only the last rule that moves or removes candidates may stop at ``limit`` (the next reads all).
+    last_mover = max((i for i, g in enumerate(rules) if g.action != "require_cloud_verification"), default=-1)
+    for i, g in enumerate(rules):
         if not ordered:
             break
         if g.action == "require_cloud_verification":
@@ -392,8 +393,9 @@ def _per_model(rules: list, ordered: list[Scored], ctx: dict[str, Any], rejected
             front: list[Scored] = []
             hits: list[Scored] = []
             seen = 0
+            walk = limit if i == last_mover else len(ordered)
             for c in ordered:
-                if len(front) == limit:
+                if len(front) == walk:
                     break
                 seen += 1
                 (hits if g.rule.evaluate(_model_fields(mctx, c)) else front).append(c)
