@@ -153,8 +153,8 @@ class RequestShell:
         NATS to drop. The hint is the time a slot takes to free, on average."""
         self.state.metrics.shed += 1
         response = error_answer(request, "overloaded",
-                          f"router is at capacity ({self.settings.max_concurrent_requests} in flight, "
-                          f"{self.settings.max_queued_requests} queued)", True, [])
+                                f"router is at capacity ({self.settings.max_concurrent_requests} in flight, "
+                                f"{self.settings.max_queued_requests} queued)", True, [])
         assert response.error is not None
         response.error.retry_after_ms = self.outcomes.typical_latency_ms()
         await self._finish(request, response, reply, traceparent, life)
@@ -184,7 +184,7 @@ class RequestShell:
         active_requests = self.state.active_requests
         if key in active_requests:
             response = error_answer(request, "invalid_request",
-                              f"request_id {request.request_id!r} is already in flight for this agent", False, [])
+                                    f"request_id {request.request_id!r} is already in flight for this agent", False, [])
             await self._finish(request, response, reply, traceparent, life)
             return
         active = active_requests[key] = ActiveRequest(request.request_id, request.agent_id, started)
@@ -204,7 +204,7 @@ class RequestShell:
                                                       after)
             else:
                 response = error_answer(request, "timeout", "the deadline passed while the request waited for a slot "
-                                  f"({self.settings.max_concurrent_requests} in flight)", True, attempts)
+                                        f"({self.settings.max_concurrent_requests} in flight)", True, attempts)
         except asyncio.CancelledError:
             response = error_answer(request, "shutting_down", "router stopped before the provider answered", True, attempts)
             if relay is not None and relay.committed:
@@ -387,7 +387,7 @@ class RequestShell:
             return error_answer(request, last_error.code, redact(last_error.message, known), False, attempts)
         if run.rate_wait_s > 0:
             response = error_answer(request, "rate_limited", "rate limits leave no candidate within the deadline: it "
-                              f"would have needed to wait {run.rate_wait_s * 1000:.0f} ms", True, attempts)
+                                    f"would have needed to wait {run.rate_wait_s * 1000:.0f} ms", True, attempts)
             assert response.error is not None
             response.error.retry_after_ms = round(run.rate_wait_s * 1000, 1)
             return response
@@ -396,7 +396,7 @@ class RequestShell:
                 return error_answer(request, "budget_exceeded", run.budget_refusal, False, attempts)
             if run.too_large:
                 return error_answer(request, "rate_limited", "the request needs more tokens than the tokens-per-minute "
-                              "limit of every candidate allows", False, attempts)
+                                    "limit of every candidate allows", False, attempts)
         return error_answer(request, "all_providers_failed", f"{len(attempts)} attempt(s) failed", True, attempts)
 
 
