@@ -217,6 +217,7 @@ async def stream_events(parser: FrameParser, http: HttpClient, url: str, body: b
     connection or an over-long line raises a typed ``ProviderError``."""
     decoder = SSEDecoder() if sse else None
     feed, has_done = parser.feed, hasattr(parser, "done")
+    finished = False  # the vendor said it has finished: the rest is not read
     try:
         async with http.posting(url, body, headers) as response:
             if response.status != 200:
@@ -238,15 +239,16 @@ async def stream_events(parser: FrameParser, http: HttpClient, url: str, body: b
                     for item in feed(line):
                         yield item
                     if has_done and parser.done:  # type: ignore[attr-defined]
+                        finished = True
                         break
-                else:
-                    continue
-                break  # the vendor said it has finished: the rest is not read
-            else:
+                if finished:
+                    break
+            if not finished:
                 # The last line without its line end, and an event without its blank line.
                 tail = [rest] if rest else []
                 if decoder is not None:
-                    tail = [e[1] for e in (*map(decoder.feed, tail), decoder.flush()) if e is not None]
+                    events = (decoder.feed(rest) if rest else None, decoder.flush())
+                    tail = [event[1] for event in events if event is not None]
                 for frame in tail:
                     for item in feed(frame):
                         yield item
