@@ -6,7 +6,7 @@ oracles here build every frame the plain way, one Struct or dict encoded per fra
 wire modules did before; any difference in escaping, key order or framing shows up as
 unequal bytes.
 
-Pacing: ``respond.plan`` and ``respond._Pacer`` replace a loop that slept once per token and
+Pacing: ``respond.stream_writes`` and ``respond._Pacer`` replace a loop that slept once per token and
 wrote through aiohttp's response. That loop is kept below as the oracle and both run on a
 virtual clock whose timers fire late by drawn amounts: the writes (their bytes, how they
 are grouped into chunks, and their times) must be the same, faults included.
@@ -31,7 +31,7 @@ from router_agent.emulator import ollama_wire as ol
 from router_agent.emulator import openai_wire as oa
 from router_agent.emulator.content import Answer, Prompt, Tool, answer, fragments, pieces
 from router_agent.emulator.faults import Fault
-from router_agent.emulator.respond import _MARKER, Ctx, Frame, _Pacer, plan, stamp
+from router_agent.emulator.respond import _MARKER, Ctx, Frame, _Pacer, stamp, stream_writes
 
 _encode = msgspec.json.encode
 FIXED_NOW = "2024-01-01T00:00:00.000000Z"
@@ -236,7 +236,7 @@ def test_stamp_is_the_plain_encoding(texts: list[str]) -> None:
     assert stamp(encode, texts) == [encode(t) for t in texts]
 
 
-# --- pacing: the plan and the pacer against the loop they replace --------------------------
+# --- pacing: the writes and the pacer against the loop they replace --------------------------
 
 EOF = b"0\r\n\r\n"
 Writes = list[tuple[float, bytes]]
@@ -350,7 +350,7 @@ def paced(frames: list[Frame], per_token_s: float, kind: str | None, late: list[
     of the stream is recorded as two writes; ``write_eof`` makes them one, with the same bytes."""
     loop = VirtualLoop(late)
     sink = Recorder(loop, unsent)
-    writes = plan(frames, per_token_s, Fault(kind) if kind else None, broken)
+    writes = stream_writes(frames, per_token_s, Fault(kind) if kind else None, broken)
     pacer = _Pacer(sink, sink, writes, per_token_s, loop=loop)  # type: ignore[arg-type]
     future = pacer.run()
     while True:

@@ -136,8 +136,7 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
     top_cost, fastest = scale.top_cost, scale.fastest
     w_complex, w_cost, w_privacy, w_perf, w_avail = weights
     cloud_privacy = 1.0 - sensitivity
-    # The weights folded into per-request constants, and the complexity factor once per
-    # quality level: the loop runs for every candidate of every request.
+    # The weights folded into per-request constants, the complexity factor once per quality level.
     cost_per_usd = w_cost / top_cost if top_cost > 0 else 0.0
     perf_scaled = w_perf * fastest
     privacy_local, privacy_cloud = w_privacy, w_privacy * cloud_privacy

@@ -6,7 +6,7 @@ error) and :func:`handle` does the rest. Keeping the flow here means a fault or 
 rule behaves the same whichever SDK is talking.
 
 A stream is cheap per token because its work is done up front: the wire stamps its token
-frames from one encoded template (:func:`stamp`), :func:`plan` groups the frames into the
+frames from one encoded template (:func:`stamp`), :func:`stream_writes` groups the frames into the
 writes the schedule calls for, and a timer callback per token puts each write on the socket
 (:class:`_Pacer`), where a sleeping task would cost a future, a wake-up and aiohttp's write
 path every time.
@@ -33,12 +33,12 @@ __all__ = [
     "BadRequest",
     "Ctx",
     "Frame",
-    "Plan",
+    "StreamWrites",
     "Wire",
     "handle",
     "json_response",
-    "plan",
     "stamp",
+    "stream_writes",
 ]
 
 LATENCY_HEADER = "x-emulator-latency-ms"
@@ -150,7 +150,7 @@ async def handle(request: web.Request, wire: Wire) -> web.StreamResponse:
     result = answer(prompt)
     ctx = Ctx(runtime.next_id(), runtime.created, ttft_s, per_token_s)
     if prompt.stream:
-        writes = plan(wire.frames(prompt, result, ctx), per_token_s, fault, wire.broken)
+        writes = stream_writes(wire.frames(prompt, result, ctx), per_token_s, fault, wire.broken)
         return await _stream(request, wire, writes, ctx, fault)
     delay = ttft_s + per_token_s * result.completion_tokens
     if delay > 0:
@@ -175,11 +175,11 @@ def _drop(request: web.Request, response: web.StreamResponse | None = None) -> w
     return response if response is not None else web.Response(status=204)
 
 
-async def _stream(request: web.Request, wire: Wire, writes: Plan, ctx: Ctx, fault: Fault | None) -> web.StreamResponse:
+async def _stream(request: web.Request, wire: Wire, writes: StreamWrites, ctx: Ctx, fault: Fault | None) -> web.StreamResponse:
     """Send a stream's writes paced by ``ctx``: headers and the first token after the time to
     first token, each later token ``per_token_s`` after the one before (on a fixed schedule,
     so slow writes do not add up). A ``cut`` / ``stall`` fault ends the stream after its last
-    write (see :func:`plan`)."""
+    write (see :func:`stream_writes`)."""
     if ctx.ttft_s > 0:
         await asyncio.sleep(ctx.ttft_s)
     response = web.StreamResponse(headers={**STREAM_HEADERS, "Content-Type": wire.stream_type})
@@ -209,10 +209,10 @@ async def _stream(request: web.Request, wire: Wire, writes: Plan, ctx: Ctx, faul
 
 
 @dataclass(slots=True)
-class Plan:
+class StreamWrites:
     """A stream's writes: ``data[i]`` is due ``tokens[i]`` generated tokens after ``data[i - 1]``.
 
-    Plain lists, not an object per write or frame: a stream keeps its plan for seconds, and
+    Plain lists, not an object per write or frame: a stream keeps its writes for seconds, and
     thousands of small objects held that long keep the cyclic garbage collector busy.
     """
 
@@ -224,7 +224,7 @@ class Plan:
     """False: the stream is cut after its last write instead of ending."""
 
 
-def plan(frames: list[Frame], per_token_s: float, fault: Fault | None, broken: Callable[[bytes], bytes]) -> Plan:
+def stream_writes(frames: list[Frame], per_token_s: float, fault: Fault | None, broken: Callable[[bytes], bytes]) -> StreamWrites:
     """Group ``frames`` into writes: one per token frame with the frames without tokens that
     follow it; the first token goes out with what precedes it (the time to first token
     covers it).
@@ -236,7 +236,7 @@ def plan(frames: list[Frame], per_token_s: float, fault: Fault | None, broken: C
     """
     strike = max(1, len(frames) // 2) if fault is not None else -1
     paced = per_token_s > 0
-    out = Plan([], [])
+    out = StreamWrites([], [])
     parts: list[bytes] = []
     tokens = 0
     first_token = True
@@ -264,7 +264,7 @@ def plan(frames: list[Frame], per_token_s: float, fault: Fault | None, broken: C
 
 
 class _Pacer:
-    """Sends a plan's writes, all but the last, each when due, from timer callbacks.
+    """Sends a stream's writes, all but the last, each when due, from timer callbacks.
 
     Per token that is one timer and one ``transport.write``: no future, no task wake-up and
     no trip down the coroutine stack of aiohttp's handler and its writer. The bytes are the
@@ -272,17 +272,27 @@ class _Pacer:
     at the same time (the loop ran late) go out together, as one write.
     """
 
-    __slots__ = ("_chunked", "_done", "_index", "_loop", "_per_token_s", "_plan", "_timer", "_transport",
-                 "_writer", "due")
+    __slots__ = (
+        "_chunked",
+        "_done",
+        "_index",
+        "_loop",
+        "_per_token_s",
+        "_timer",
+        "_transport",
+        "_writer",
+        "_writes",
+        "due",
+    )
 
-    def __init__(self, transport: asyncio.Transport, writer: AbstractStreamWriter, writes: Plan,
+    def __init__(self, transport: asyncio.Transport, writer: AbstractStreamWriter, writes: StreamWrites,
                  per_token_s: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """``loop``: the running one unless given (a test drives it on a virtual clock)."""
         self._loop = loop or asyncio.get_running_loop()
         self._transport = transport
         self._writer = writer
         self._chunked: bool = getattr(writer, "chunked", False)
-        self._plan = writes
+        self._writes = writes
         self._per_token_s = per_token_s
         self._index = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -310,7 +320,7 @@ class _Pacer:
     def _send(self) -> None:
         """Write from ``_index`` (due now) on what is due, then wait for the next write."""
         self._timer = None
-        loop, tokens, flush = self._loop, self._plan.tokens, self._plan.flush
+        loop, tokens, flush = self._loop, self._writes.tokens, self._writes.flush
         last = len(tokens) - 1
         i = first = self._index  # writes first..i are due and unsent
         while i < last:
@@ -340,7 +350,7 @@ class _Pacer:
         if transport.is_closing():
             self._done.set_exception(ConnectionResetError("Cannot write to closing transport"))
             return False
-        data = self._plan.data[first] if stop - first == 1 else b"".join(self._plan.data[first:stop])
+        data = self._writes.data[first] if stop - first == 1 else b"".join(self._writes.data[first:stop])
         self._writer.output_size += len(data)
         # aiohttp's chunked framing, written here so that a token costs no coroutine
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
