@@ -172,7 +172,7 @@ def filter_candidates(
         if latency < fastest:  # noqa: PLR1730
             fastest = latency
         keep(scored(dep, estimate, provider.weight, latency, load, errors, health, share,
-                    latency * (1.0 + load) / health, stats=seen))
+                    latency * (1.0 + load) / health, seen))
     if not kept and len(cooling) > 1:
         _, dep, estimate = min(cooling, key=_first)
         rejected[:] = [r for r in rejected if (r.provider, r.model) != dep.key]
@@ -180,7 +180,7 @@ def filter_candidates(
         latency = latency_prior(dep, est_out) if seen is None or seen.latency_ms is None else seen.latency_ms
         provider = providers[dep.provider]
         kept.append(scored(dep, estimate, provider.weight, latency, 0.0, seen.error_rate if seen else 0.0, 0.5,
-                           0.0, latency * 2.0, stats=seen))
+                           0.0, latency * 2.0, seen))
         return kept, rejected, Scale(estimate, latency)
     return kept, rejected, Scale(top_cost, fastest)
 

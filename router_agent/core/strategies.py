@@ -59,13 +59,14 @@ class Scored(msgspec.Struct, gc=False):
     """Share of its per-minute rate limit used."""
     effective_latency: float = 0.0
     """Latency scaled up by load and down-weighted health: what performance_first ranks by."""
+    stats: DeploymentStats | None = None
+    """What the deployment has shown (the filter looked it up already): adaptive weights read it.
+    Before ``score``: the filter passes it by position, cheaper than by keyword."""
     score: float = -1.0
     """The routing_factors score, 0-1; -1 until ``score_all`` has run on it."""
     suitability: int = 0
     """1-5; 0 until ``suitability`` has run on it."""
     factors: tuple[float, ...] = ()
-    stats: DeploymentStats | None = None
-    """What the deployment has shown (the filter looked it up already): adaptive weights read it."""
 
 
 def adaptive_health(cands: list[Scored]) -> list[float]:
@@ -123,6 +124,16 @@ class Scale:
         return cls(max(c.estimate for c in cands), min(c.latency for c in cands))
 
 
+def complexity_fit(complexity: int, quality: int) -> float:
+    """The task_complexity factor, 0-1: a model weaker than the task loses 0.2 a point, a
+    stronger one 0.05 (it costs more than the task needs)."""
+    gap = complexity - quality
+    return max(0.0, 1.0 - 0.2 * gap if gap > 0 else 1.0 + 0.05 * gap)
+
+
+_QUALITIES = range(11)  # Deployment.quality is 0-10
+
+
 def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, sensitivity: float,
               scale: Scale, store: bool = True, adaptive: bool = False) -> list[float]:
     """Each candidate's score; ``store`` fills in its factors and score (a candidate already
@@ -136,29 +147,30 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
     top_cost, fastest = scale.top_cost, scale.fastest
     w_complex, w_cost, w_privacy, w_perf, w_avail = weights
     cloud_privacy = 1.0 - sensitivity
-    # The weights folded into per-request constants, the complexity factor once per quality level.
+    # The weights folded into per-request constants; the part of a score that depends only on
+    # the model's quality and type is a table lookup per candidate.
     cost_per_usd = w_cost / top_cost if top_cost > 0 else 0.0
     perf_scaled = w_perf * fastest
-    privacy_local, privacy_cloud = w_privacy, w_privacy * cloud_privacy
-    by_quality: dict[int, float] = {}
+    fits = [complexity_fit(complexity, q) for q in _QUALITIES]
+    fixed_local = [w_complex * f + w_cost + w_privacy for f in fits]
+    fixed_cloud = [w_complex * f + w_cost + w_privacy * cloud_privacy for f in fits]
+    floor = ADAPTIVE_FLOOR
     scores: list[float] = []
     append = scores.append
     for c in cands:
         score = c.score
         if score < 0:
             dep = c.dep
-            f_complex = by_quality.get(dep.quality)
-            if f_complex is None:
-                gap = complexity - dep.quality  # a weaker model loses 0.2 a point, a stronger 0.05
-                f_complex = by_quality[dep.quality] = max(0.0, 1.0 - 0.2 * gap if gap > 0 else 1.0 + 0.05 * gap)
             latency, load, rate_share = c.latency, c.load, c.rate_share
-            f_avail = ((1.0 - load if load < 1.0 else 0.0) * (1.0 - rate_share if rate_share < 1.0 else 0.0)
-                       * c.health)
-            score = (w_complex * f_complex + w_cost - c.estimate * cost_per_usd
-                     + (privacy_local if dep.type == "local" else privacy_cloud)
+            if load or rate_share:
+                f_avail = ((1.0 - load if load < 1.0 else 0.0) * (1.0 - rate_share if rate_share < 1.0 else 0.0)
+                           * c.health)
+            else:
+                f_avail = c.health
+            score = ((fixed_local if dep.type == "local" else fixed_cloud)[dep.quality] - c.estimate * cost_per_usd
                      + (perf_scaled / latency if latency > 0 else w_perf) + w_avail * f_avail)
             if store:
-                c.factors = (f_complex, 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0,
+                c.factors = (fits[dep.quality], 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0,
                              1.0 if dep.type == "local" else cloud_privacy,
                              fastest / latency if latency > 0 else 1.0, f_avail)
                 c.score = score
@@ -166,12 +178,12 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
             if c.weight > 0:
                 health = 1.0 - c.error_rate
                 health *= health * c.health
-                stats = c.stats
+                stats = c.stats  # baseline_ms is set with latency_ms, which c.latency then is
                 if stats is not None:
-                    latency, baseline = stats.latency_ms, stats.baseline_ms
-                    if latency and baseline and baseline < latency:
-                        health *= baseline / latency
-                score *= health if health > ADAPTIVE_FLOOR else ADAPTIVE_FLOOR  # noqa: FURB136
+                    baseline = stats.baseline_ms
+                    if baseline and baseline < c.latency:
+                        health *= baseline / c.latency
+                score *= health if health > floor else floor  # noqa: FURB136
             else:
                 score = 0.0
         append(score)
