@@ -22,9 +22,15 @@ found in the bucket fills the in-process layer for the rest of its time (its ``s
 says how much is left), so another instance's answer is read from the bus once.
 
 ``put(key, answer)`` is synchronous: it encodes the answer once, skips it when it is larger
-than ``cache.max_entry_bytes``, stores it in the in-process layer at once, and hands the
-bucket write to a background task, so the request path never waits for JetStream. At most
-``cache.max_pending_writes`` writes are on their way; ``drain()`` waits for them (at a stop).
+than ``cache.max_entry_bytes``, stores it in the in-process layer at once, and queues the
+bucket write, so the request path never waits for JetStream. One writer task publishes what
+is queued (every write of a loop turn in one go) to the bucket's subject with a reply
+subject of this instance's, where JetStream's acknowledgements arrive: an error, no
+responder, or no acknowledgement within ``WRITE_ACK_TIMEOUT_S`` counts in ``kv_errors``.
+This is what ``KeyValue.put`` does, without a request (an inbox, a future, a timer, a
+parsed reply) per write: each answer stored costs one publish and one small message back.
+At most ``cache.max_pending_writes`` writes are queued or unacknowledged; ``drain()`` waits
+for them (at a stop).
 
 The bucket is a key-value bucket in the JetStream sense (``KV_<bucket>``, one value per key),
 created with ``cache.ttl_s`` as its max age, ``cache.bucket_max_bytes`` as its size and
@@ -44,6 +50,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -67,6 +74,8 @@ INDEX_MAX_KEYS = 65_536
 oldest are forgotten, which only turns a later lookup of one into a miss."""
 SEED_TIMEOUT_S = 5.0
 """How long ``start`` may spend listing the keys the bucket already holds."""
+WRITE_ACK_TIMEOUT_S = 5.0
+"""A bucket write not acknowledged by then is counted as failed (nats-py's own default)."""
 STREAM_IN_USE = 10058
 """JetStream's error code for "stream name already in use with a different configuration"."""
 
@@ -89,8 +98,19 @@ class ResponseCache:
         self.bucket = prefixed_name(subject_prefix, settings.bucket) if settings.bucket else None
         self._js = _jetstream(bus) if self.bucket else None
         self._nc = bus if callable(getattr(bus, "jetstream", None)) else getattr(bus, "_nc", None)
+        if self._nc is None:  # the bucket is written and watched over the client
+            self._js = None
         self._kv: Any = None
-        self._writes: set[asyncio.Task[None]] = set()
+        self._queued: list[tuple[str, bytes]] = []
+        """Bucket writes (subject, payload) the writer task has yet to publish."""
+        self._unacked: deque[float] = deque()
+        """When each published write not yet acknowledged was sent (``clock`` time), oldest first."""
+        self._writer: asyncio.Task[None] | None = None
+        self._settled = asyncio.Event()
+        """Set while no write is queued or unacknowledged: what ``drain`` waits for."""
+        self._settled.set()
+        self._acks = ""
+        self._ack_sub: Any = None
         self._index: dict[str, float] = {}
         """Keys the bucket holds, as far as this instance has seen: key -> wall time written."""
         self._subject = f"$KV.{self.bucket}." if self.bucket else ""
@@ -134,9 +154,11 @@ class ResponseCache:
                     raise
                 await self._update(config)
             self._kv = await self._js.key_value(self.bucket)
-            if self._nc is not None:  # listen before listing, so that no write falls between the two
-                self._sub = await self._nc.subscribe(self._subject + ">", cb=self._written)
-                await self._seed()
+            self._acks = self._nc.new_inbox()
+            self._ack_sub = await self._nc.subscribe(self._acks, cb=self._acknowledged)
+            # Listen before listing, so that no write falls between the two.
+            self._sub = await self._nc.subscribe(self._subject + ">", cb=self._written)
+            await self._seed()
         except (nats.errors.Error, OSError) as exc:  # nats TimeoutError is a nats Error
             log.warning("response cache: bucket %s unavailable (%s); answers stay in this instance", self.bucket,
                         exc)
@@ -245,36 +267,75 @@ class ResponseCache:
         if len(payload) > self.settings.max_entry_bytes:
             self.stats.oversize += 1
             return False
-        self.local.put(key, answer, len(payload), self.clock())
+        now = self.clock()
+        self.local.put(key, answer, len(payload), now)
         self.stats.stores += 1
         if self._kv is not None:
             self._know(key)  # its echo from the bus confirms it a moment later
-            if len(self._writes) >= self.settings.max_pending_writes:
+            self._expire_unacked(now)
+            if len(self._queued) + len(self._unacked) >= self.settings.max_pending_writes:
                 self.stats.kv_writes_dropped += 1
             else:
-                task = asyncio.get_running_loop().create_task(self._write(key, payload))
-                self._writes.add(task)
-                task.add_done_callback(self._writes.discard)
+                self._queued.append((self._subject + key, payload))
+                self._settled.clear()
+                if self._writer is None:
+                    self._writer = asyncio.get_running_loop().create_task(self._write_queued())
         return True
 
-    async def _write(self, key: str, payload: bytes) -> None:
+    async def _write_queued(self) -> None:
         try:
-            await self._kv.put(key, payload)
-        except (nats.errors.Error, OSError) as exc:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                for subject, payload in batch:
+                    self._unacked.append(self.clock())
+                    try:
+                        await self._nc.publish(subject, payload, reply=self._acks)
+                    except (nats.errors.Error, OSError) as exc:
+                        self._unacked.pop()
+                        self.stats.kv_errors += 1
+                        log.debug("response cache: bucket write failed: %r", exc)
+        finally:
+            self._writer = None
+            self._check_settled()
+
+    async def _acknowledged(self, msg: Any) -> None:
+        """JetStream's answer to one write: ``{"stream": ..., "seq": ...}``, an error, or (no
+        JetStream behind the subject) an empty no-responders status."""
+        if self._unacked:
+            self._unacked.popleft()
+            if not msg.data or b'"error"' in msg.data:
+                self.stats.kv_errors += 1
+                log.debug("response cache: bucket write failed: %r", msg.data or msg.headers)
+            self._check_settled()
+
+    def _expire_unacked(self, now: float) -> None:
+        unacked = self._unacked
+        while unacked and now - unacked[0] > WRITE_ACK_TIMEOUT_S:
+            unacked.popleft()
             self.stats.kv_errors += 1
-            log.debug("response cache: bucket write failed: %r", exc)
+
+    def _check_settled(self) -> None:
+        if not self._queued and not self._unacked and self._writer is None:
+            self._settled.set()
 
     async def drain(self) -> None:
-        """Wait for the bucket writes on their way."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        """Wait for the bucket writes on their way (each at most ``WRITE_ACK_TIMEOUT_S``)."""
+        if self._settled.is_set():
+            return
+        try:
+            async with asyncio.timeout(WRITE_ACK_TIMEOUT_S):
+                await self._settled.wait()
+        except TimeoutError:
+            self._expire_unacked(self.clock() + WRITE_ACK_TIMEOUT_S)
+            self._check_settled()
 
     async def close(self) -> None:
         """Stop listening to the bucket (the writes on their way are not waited for: ``drain``)."""
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        for sub in (self._sub, self._ack_sub):
+            if sub is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+        self._sub = self._ack_sub = None
 
 
 async def replay_events(answer: CachedAnswer, piece_chars: int) -> AsyncIterator[StreamEvent]:

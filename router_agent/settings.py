@@ -91,8 +91,8 @@ class CacheConfig(Strict):
     """A bucket read slower than this counts as a miss: the cache must never slow a request
     down by more than this."""
     max_pending_writes: int = Field(1000, ge=1)
-    """Bucket writes on their way at once; beyond it a write is skipped (the answer stays in
-    the in-process layer)."""
+    """Bucket writes queued or not yet acknowledged; beyond it a write is skipped (the answer
+    stays in the in-process layer)."""
     replay_piece_chars: int = Field(64, ge=1, le=65_536)
     """A cached answer to a streamed request is replayed as pieces of this many characters."""
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 from nats.js import api
 
@@ -272,6 +273,38 @@ async def test_writes_beyond_the_bound_stay_in_process(nc, prefix):
     await cache.drain()
 
 
+async def test_a_write_the_bucket_refuses_is_counted_and_one_it_takes_is_not(nc, prefix):
+    cache = await started(nc, prefix)
+    cache.put(key_of(ask(content="taken")), answer())
+    await cache.drain()  # returns once JetStream has acknowledged it
+    assert cache.stats.kv_errors == 0
+    js = nc.jetstream()
+    kv = await js.key_value(cache.bucket)
+    assert _decoded((await kv.get(key_of(ask(content="taken")))).value).content == answer().content
+    info = await js.stream_info(f"KV_{cache.bucket}")
+    info.config.max_msg_size = 64  # smaller than any answer
+    await js.update_stream(info.config)
+    cache.put(key_of(ask(content="refused")), answer())
+    await cache.drain()
+    assert cache.stats.kv_errors == 1
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get(key_of(ask(content="refused")))
+
+
+async def test_a_write_nobody_acknowledges_is_counted_when_its_time_is_up(nc, prefix, monkeypatch):
+    monkeypatch.setattr("router_agent.response_cache.WRITE_ACK_TIMEOUT_S", 0.2)
+    cache = await started(nc, prefix, max_pending_writes=1)
+    # The index's own subscription still listens on the bucket's subject, so the server
+    # answers no "no responders" either: only the time limit ends the wait.
+    await nc.jetstream().delete_stream(f"KV_{cache.bucket}")
+    cache.put(key_of(ask(content="one")), answer())
+    await cache.drain()
+    assert (cache.stats.kv_errors, cache.stats.kv_writes_dropped) == (1, 0)
+    cache.put(key_of(ask(content="two")), answer())  # the first one's place is free again
+    assert cache.stats.kv_writes_dropped == 0
+    await cache.drain()
+
+
 # --------------------------------------------------------------------------- streamed hits
 
 
@@ -306,3 +339,7 @@ async def test_a_hit_is_served_as_a_stream_through_the_relay(nc, prefix):
     await asyncio.wait_for(got_all.wait(), WAIT)
     assert [c.seq for c in received] == list(range(len(received))) and len(received) == 7
     assert relay.summary().chars == len(text)
+
+
+def _decoded(value: bytes | None) -> CachedAnswer:
+    return msgspec.json.decode(value or b"", type=CachedAnswer)
