@@ -61,8 +61,10 @@ def registry(n: int, now: float) -> SimpleNamespace:
         limiters[dep.key] = DeploymentLimiter.per_minute(dep.requests_per_minute, dep.tokens_per_minute, now - 5.0)
         views[provider] = ProviderView()
         breakers[dep.key] = Breaker()
+    # Like the agent, routing is given only the breakers that are not closed (none here).
+    tripped = {key: b for key, b in breakers.items() if b.state != "closed"}
     return SimpleNamespace(deployments_by_model=by_model, default_pool=list(by_model), views=views,
-                           stats=stats, breakers=breakers, limiters=limiters,
+                           stats=stats, breakers=breakers, tripped=tripped, limiters=limiters,
                            pool_deployments=[d for deps in by_model.values() for d in deps])
 
 
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                                      task=Task(type="code_generation"))
 
                 def one(request: LlmRequest = request, policy: Any = policy, reg: Any = reg, rng: Any = rng) -> None:
-                    decide(request, policy=policy, catalog=reg, aliases={}, breakers=reg.breakers, overrides=None,
+                    decide(request, policy=policy, catalog=reg, aliases={}, breakers=reg.tripped, overrides=None,
                            daily_cloud_cost=10.0, now=now, rng=rng, cursor=3, limit=3)
 
                 number = args.number or max(20, int(200_000 / n))

@@ -169,6 +169,8 @@ class Outcomes:
         after = self._circuit(deployment)
         if after == before:
             return
+        if after[0] != before[0]:
+            self.registry.breaker_changed(deployment.key)
         # Only a breaker that has just opened is news for health: an announcement that one
         # went half open must not degrade a provider that recovered meanwhile.
         if (after[0] == "open" and before[0] != "open") or (after[1] == "open" and before[1] != "open"):

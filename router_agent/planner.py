@@ -102,7 +102,7 @@ class Planner:
         lb = self.state.load_balancing
         plan = decide(
             request, policy=self.policy, catalog=self.registry, aliases=self.config.aliases,
-            breakers=self.state.circuit_breakers, overrides=self.state.routing_overrides,
+            breakers=self.registry.tripped, overrides=self.state.routing_overrides,
             daily_cloud_cost=self.ledger.daily_cloud_cost(), now=self.clock(), rng=self.rng,
             cursor=lb.cursor, limit=self.settings.max_attempts, explain=False,  # explained when published
         )

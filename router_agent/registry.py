@@ -22,13 +22,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from router_agent.config import Config, ProviderConfig
-from router_agent.core.breaker import (
-    new_breaker,
-)
+from router_agent.core.breaker import Breaker, new_breaker
 from router_agent.core.endpoints import endpoint_host, endpoint_origin
 from router_agent.core.health import HealthState, ProviderHealth
 from router_agent.core.limiter import DeploymentLimiter
-from router_agent.core.model import Deployment
+from router_agent.core.model import Deployment, DeploymentKey
 from router_agent.core.observed import DeploymentStats
 from router_agent.core.routing import ProviderView
 from router_agent.http import HttpClient
@@ -130,6 +128,11 @@ class ProviderRegistry:
         """Rate limiters of the deployments that are limited (configured, or blocked by a
         provider's Retry-After): routing and the attempt chain read them."""
         self.provider_breakers = state.provider_breakers
+        self.tripped: dict[DeploymentKey, Breaker] = {}
+        """The deployment breakers that are not closed, what routing reads: a closed breaker
+        lets every request through, so a decision over many models need not look at each.
+        Kept in step by ``breaker_changed`` (every crossing to or from closed is an attempt's
+        outcome) and rebuilt with the routing view."""
         self.health: dict[str, ProviderHealth] = {}
         self.on_circuit_change: Callable[[Deployment, tuple[str, str], tuple[str, str]], None] | None = None
         """Told of every breaker state change (the agent publishes it on ``provider_health``)."""
@@ -281,6 +284,14 @@ class ProviderRegistry:
                 self.limiters[dkey] = DeploymentLimiter.per_minute(rpm, tpm, now)
         self._rebuild()
 
+    def breaker_changed(self, key: DeploymentKey) -> None:
+        """A deployment's breaker changed state: ``tripped`` follows."""
+        breaker = self.state.circuit_breakers.get(key)
+        if breaker is None or breaker.state == "closed":
+            self.tripped.pop(key, None)
+        else:
+            self.tripped[key] = breaker
+
     def reset_state(self, name: str) -> None:
         """A provider registered anew starts with fresh run-time state."""
         self.state.provider_states.pop(name, None)
@@ -341,5 +352,6 @@ class ProviderRegistry:
         self.pool_deployments = [d for m in self.default_pool for d in by_model[m]]
         self.runtime_local_hosts = local_hosts
         self.views = views
+        self.tripped = {k: b for k, b in self.state.circuit_breakers.items() if b.state != "closed"}
         self.state.model_capabilities = {m: sorted(c) for m, c in capabilities.items()}
         self.state.load_balancing.weights = {n: e.weight for n, e in self.state.providers.items()}

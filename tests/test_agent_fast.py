@@ -179,6 +179,8 @@ async def test_the_breaker_opens_at_the_threshold_and_a_successful_probe_closes_
         response = await ask(f, model="gpt-4-turbo")
         assert response.error.code == "all_providers_failed"
         assert breaker.state == ("closed" if i < 2 else "open")
+        # Routing looks only at the breakers that are not closed: the index follows each crossing.
+        assert f.agent.registry.tripped == ({} if i < 2 else {GPT4: breaker})
     assert breaker.opened_at == clock.now
     assert f.agent.provider_stats("openai").circuit == "open"
 
@@ -194,6 +196,7 @@ async def test_the_breaker_opens_at_the_threshold_and_a_successful_probe_closes_
     assert (probe.status, probe.provider, probe.message.content) == ("ok", "openai", "recovered")
     assert len(f.mock.calls) == 4
     assert (breaker.state, breaker.failures, breaker.probe_in_flight) == ("closed", 0, False)
+    assert f.agent.registry.tripped == {}
     assert f.agent.provider_stats("openai").circuit == "closed"
     assert (await ask(f, model="gpt-4-turbo")).status == "ok"
 

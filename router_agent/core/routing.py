@@ -95,7 +95,10 @@ def filter_candidates(
     (the request shell tries the others first). When several deployments passed the other
     constraints and every one is cooling down behind an open breaker, the one whose
     cooldown ends first is kept (and probed) rather than failing blind; a single candidate
-    (the caller insisted on one model) fails fast, which is what its breaker is for."""
+    (the caller insisted on one model) fails fast, which is what its breaker is for.
+
+    ``breakers``: a deployment without one here is closed, so a caller may pass only the
+    breakers that are not (the agent does: ``ProviderRegistry.tripped``)."""
     req = request.requirements
     est_in, est_out = limits.est_in, limits.est_out
     tokens = est_in + est_out
@@ -109,6 +112,7 @@ def filter_candidates(
     top_cost, fastest = 0.0, float("inf")
     get_view, get_stats, get_breaker = providers.get, stats.get, breakers.get
     get_limiter = (limiters or {}).get
+    any_breaker = bool(breakers)  # the agent passes only the breakers that are not closed
     cooling: list[tuple[float, Deployment, float]] = []
     scored = Scored
     # The request's own limits, when it has none, cost nothing per candidate.
@@ -142,7 +146,7 @@ def filter_candidates(
             reject(Rejection(provider=dep.provider, model=dep.model, constraint="context_window",
                              detail=f"needs ~{tokens} tokens, window is {dep.context_window}"))
             continue
-        breaker = get_breaker(key)
+        breaker = get_breaker(key) if any_breaker else None
         if breaker is not None and breaker.state != "closed":
             if not breaker.allows(now):
                 reject(Rejection(provider=dep.provider, model=dep.model, constraint="circuit_open",
