@@ -131,7 +131,7 @@ def complexity_fit(complexity: int, quality: int) -> float:
     return max(0.0, 1.0 - 0.2 * gap if gap > 0 else 1.0 + 0.05 * gap)
 
 
-_QUALITIES = range(11)  # Deployment.quality is 0-10
+_QUALITIES = 11  # Deployment.quality is 0-10
 
 
 def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, sensitivity: float,
@@ -151,9 +151,8 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
     # the model's quality and type is a table lookup per candidate.
     cost_per_usd = w_cost / top_cost if top_cost > 0 else 0.0
     perf_scaled = w_perf * fastest
-    fits = [complexity_fit(complexity, q) for q in _QUALITIES]
-    fixed_local = [w_complex * f + w_cost + w_privacy for f in fits]
-    fixed_cloud = [w_complex * f + w_cost + w_privacy * cloud_privacy for f in fits]
+    fixed_local: list[float | None] = [None] * _QUALITIES  # filled as qualities turn up
+    fixed_cloud: list[float | None] = [None] * _QUALITIES
     floor = ADAPTIVE_FLOOR
     scores: list[float] = []
     append = scores.append
@@ -167,11 +166,16 @@ def score_all(cands: list[Scored], weights: tuple[float, ...], complexity: int, 
                            * c.health)
             else:
                 f_avail = c.health
-            score = ((fixed_local if dep.type == "local" else fixed_cloud)[dep.quality] - c.estimate * cost_per_usd
-                     + (perf_scaled / latency if latency > 0 else w_perf) + w_avail * f_avail)
+            local = dep.type == "local"
+            table, quality = fixed_local if local else fixed_cloud, dep.quality
+            fixed = table[quality]
+            if fixed is None:
+                fixed = table[quality] = (w_complex * complexity_fit(complexity, quality) + w_cost
+                                          + (w_privacy if local else w_privacy * cloud_privacy))
+            score = fixed - c.estimate * cost_per_usd + (perf_scaled / latency if latency > 0 else w_perf) + w_avail * f_avail
             if store:
-                c.factors = (fits[dep.quality], 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0,
-                             1.0 if dep.type == "local" else cloud_privacy,
+                c.factors = (complexity_fit(complexity, quality), 1.0 - c.estimate / top_cost if top_cost > 0 else 1.0,
+                             1.0 if local else cloud_privacy,
                              fastest / latency if latency > 0 else 1.0, f_avail)
                 c.score = score
         if adaptive:  # adaptive_health, inlined
