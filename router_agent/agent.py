@@ -59,6 +59,7 @@ from router_agent.requests import RequestShell
 from router_agent.response_cache import ResponseCache
 from router_agent.routes import Route, callback
 from router_agent.state import RouterState
+from router_agent.tasks import cancel_and_wait
 from router_agent.telemetry import Tracing
 from signals import CostReport, EventFactory, ProviderStats, Subjects
 
@@ -226,9 +227,7 @@ class RouterAgent:
             with contextlib.suppress(nats.errors.Error, OSError, RuntimeError, TimeoutError):
                 async with asyncio.timeout(5):
                     await drained
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         await self.reports.publish_cost_report()
         try:
             await self.control_service.stop()

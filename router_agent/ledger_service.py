@@ -53,6 +53,7 @@ from router_agent.core.lease import Holder, LeaseDoc, Scope, decode_doc, encode_
 from router_agent.core.ledger import Calendar, CostLedger, recent_days, with_batch
 from router_agent.core.model import Deployment
 from router_agent.store import Conflict, StoreError, compare_and_set
+from router_agent.tasks import cancel_and_wait
 from signals import CostEvent, CostReport, ErrorInfo, LlmRequest, SignalError, Usage
 
 log = logging.getLogger("router_agent")
@@ -182,8 +183,7 @@ class LedgerService:
     async def stop(self) -> None:
         """Ship what is booked and give back the unused leases."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
         if self.budget.state == "returned":
             return
