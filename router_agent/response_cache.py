@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -326,7 +327,7 @@ class ResponseCache:
             async with asyncio.timeout(WRITE_ACK_TIMEOUT_S):
                 await self._settled.wait()
         except TimeoutError:
-            self._expire_unacked(self.clock() + WRITE_ACK_TIMEOUT_S)
+            self._expire_unacked(math.inf)  # every write still unacknowledged is lost
             self._check_settled()
 
     async def close(self) -> None:
