@@ -42,6 +42,7 @@ import nats.errors
 import psutil
 
 import signals as sig
+from router_agent.http import HttpClient as RouterHttpClient
 
 PROMPT = "Summarize in one sentence why a message bus suits a fleet of cooperating agents."
 MODEL = "gpt-4-turbo"
@@ -505,6 +506,26 @@ class HttpClient:
         self, rate: float, warmup_s: float, window_s: float, max_outstanding: int, probe: CpuProbe | None = None
     ) -> dict[str, Any]:
         return await open_loop_tasks(self.one, rate, warmup_s, window_s, max_outstanding, probe)
+
+
+class WireHttpClient(HttpClient):
+    """The direct call made with the router's own HTTP client (``router_agent.http``): what
+    an agent that called providers as cheaply as the router does would pay."""
+
+    async def open(self) -> WireHttpClient:
+        self.wire = RouterHttpClient()
+        return self
+
+    async def close(self) -> None:
+        await self.wire.close()
+
+    async def one(self) -> bool:
+        try:
+            async with self.wire.posting(self.url, self._body(), HTTP_HEADERS) as response:
+                await response.read()
+                return response.status == 200
+        except OSError:
+            return False
 
 
 async def closed_loop_tasks(

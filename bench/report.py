@@ -170,6 +170,13 @@ def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
                 "router's own share = added - echo",
                 _trio(lat["router_share"], sign=True),
             ))
+        if "direct_wire" in lat:
+            out.append((
+                "latency: direct with the router's own HTTP client (router_agent.http), p50/p90/p99",
+                _trio(lat["direct_wire"]),
+                "router's own share against it = router - it - echo",
+                _trio(lat["router_share_vs_wire"], sign=True),
+            ))
 
     for t in r.get("throughput", []):
         router, direct = t["router"], t["direct"]

@@ -21,7 +21,7 @@ import msgspec
 import nats
 import psutil
 
-from bench.load import BusClient, CpuProbe, HttpClient, combine, summarize_ms
+from bench.load import BusClient, CpuProbe, HttpClient, WireHttpClient, combine, summarize_ms
 from bench.procs import Child, Stack
 from bench.stream_scenarios import StreamScenarios
 
@@ -141,6 +141,7 @@ class Bench:
         self.bus0: BusClient | None = None
         self.bus200: BusClient | None = None
         self.http0: HttpClient | None = None
+        self.wire0: WireHttpClient | None = None
         self.http200: HttpClient | None = None
         self.echo: Child | None = None
         self.bus_echo: BusClient | None = None
@@ -153,6 +154,8 @@ class Bench:
         self.a0 = self.stack.start_agent(self.nats_url, self.e0.info["url"], "bench0")
         self.bus0 = await BusClient.connect(self.nats_url, "bench0.llm_request")
         self.http0 = await HttpClient(self.e0.info["url"]).open()
+        self.wire0 = await WireHttpClient(self.e0.info["url"]).open()
+        await self.wire0.sequential(50)
         self.echo = self.stack.spawn_python("echo", "bench.echo", ["--nats", self.nats_url, "--subject", "bench.echo"])
         self.echo.wait_for_line("echo ready:", 20)
         self.bus_echo = await BusClient.connect(self.nats_url, "bench.echo")
@@ -186,7 +189,7 @@ class Bench:
         await self.http200.closed_loop(level, 0.6, 0.4)
 
     async def close(self) -> None:
-        for client in (self.bus0, self.bus200, self.http0, self.http200, self.bus_echo):
+        for client in (self.bus0, self.bus200, self.http0, self.wire0, self.http200, self.bus_echo):
             if client is not None:
                 await client.close()
         await self.streaming.close()
@@ -201,13 +204,14 @@ class Bench:
     async def latency(self) -> dict[str, Any]:
         """One request at a time through the agent vs straight to the emulator (0 ms), and a
         bare nats-py request/reply echo: the floor any agent on NATS pays. The router's own
-        share is what it adds over direct minus that floor."""
+        share is what it adds over direct minus that floor. ``direct_wire`` is the direct
+        call made with the router's own HTTP client, for the share against that baseline."""
         s = self.sizes
         rounds = []
-        clients = {"router": self.bus0, "direct": self.http0, "echo": self.bus_echo}
+        clients = {"router": self.bus0, "direct": self.http0, "direct_wire": self.wire0, "echo": self.bus_echo}
         for r in range(s.latency_rounds):
             row: dict[str, Any] = {}
-            for side in _order(r, "router", "direct") + ("echo",):
+            for side in _order(r, "router", "direct") + ("direct_wire", "echo"):
                 client = clients[side]
                 latencies, errors = await client.sequential(s.latency_n)
                 row[side] = {**summarize_ms(latencies), "errors": errors, "n": s.latency_n}
@@ -217,6 +221,8 @@ class Bench:
         out = combine(rounds)
         out["added"] = {k: out["router"][k] - out["direct"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
         out["router_share"] = {k: out["added"][k] - out["echo"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
+        out["router_share_vs_wire"] = {k: out["router"][k] - out["direct_wire"][k] - out["echo"][k]
+                                       for k in ("p50_ms", "p90_ms", "p99_ms")}
         return out
 
     # ------------------------------------------------------------------ throughput

@@ -1,22 +1,20 @@
 """The HTTP edge against hostile upstreams: redirects, DNS rebinding, secrets echoed back.
 
 Real aiohttp servers on 127.0.0.1; a stub resolver stands in for DNS (a name that first
-resolves to an allowed address and later to the metadata service), and the connection
-attempts aiohttp makes are recorded to show that a refused address is never dialled.
+resolves to an allowed address and later to the metadata service), and the connections
+the client opens are recorded to show that a refused address is never dialled.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiohappyeyeballs
 import msgspec
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 
+from router_agent import http as http_module
 from router_agent.config import EndpointPolicy
 from router_agent.core.model import Deployment
 from router_agent.http import EndpointRefused, HttpClient, policy_guard
@@ -175,40 +173,31 @@ async def test_a_redirect_to_the_metadata_service_is_not_followed(
 # ------------------------------------------------------------------ 5. DNS rebinding
 
 
-class StubResolver(AbstractResolver):
+class StubResolver:
     """Answers each lookup with the next address list in ``answers`` (the last repeats)."""
 
     def __init__(self, answers: list[list[str]]) -> None:
         self.answers = answers
         self.lookups: list[str] = []
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def __call__(self, host: str, port: int) -> list[str]:
         self.lookups.append(host)
-        addresses = self.answers[min(len(self.lookups), len(self.answers)) - 1]
-        return [
-            ResolveResult(hostname=host, host=a, port=port, family=socket.AF_INET, proto=0,
-                          flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
-            for a in addresses
-        ]
-
-    async def close(self) -> None:
-        pass
+        return self.answers[min(len(self.lookups), len(self.answers)) - 1]
 
 
 @pytest.fixture
 def dials(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every address aiohttp tries to connect to, in order; the metadata service is never dialled."""
+    """Every address the client connects to, in order; the metadata service is never dialled."""
     seen: list[str] = []
-    real = aiohappyeyeballs.start_connection
+    real = http_module.dial
 
-    async def recording(addr_infos, *args, **kwargs):  # type: ignore[no-untyped-def]
-        addresses = [info[4][0] for info in addr_infos]
-        seen.extend(addresses)
-        if METADATA in addresses:  # a regression must not reach a real metadata service
+    async def recording(loop, factory, address, *args):  # type: ignore[no-untyped-def]
+        seen.append(address)
+        if address == METADATA:  # a regression must not reach a real metadata service
             raise OSError(113, "the test does not let anything dial the metadata service")
-        return await real(addr_infos, *args, **kwargs)
+        return await real(loop, factory, address, *args)
 
-    monkeypatch.setattr(aiohappyeyeballs, "start_connection", recording)
+    monkeypatch.setattr(http_module, "dial", recording)
     return seen
 
 
@@ -217,9 +206,7 @@ POLICY = EndpointPolicy(private_networks_allowed=["127.0.0.0/8"])  # 169.254.0.0
 
 def forget_dns(http: HttpClient) -> None:
     """What the cache TTL does when it runs out: the next call resolves the name again."""
-    connector = http._open().connector
-    assert connector is not None
-    connector.clear_dns_cache()  # type: ignore[attr-defined]
+    http.clear_dns_cache()
 
 
 async def test_a_name_rebound_to_a_denied_address_is_refused_before_connecting(

@@ -26,8 +26,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
-
 from router_agent.core.cost import estimate_input_tokens
 from router_agent.core.model import Deployment
 from router_agent.http import HttpClient
@@ -192,7 +190,7 @@ async def post_json(http: HttpClient, url: str, body: bytes, headers: dict[str, 
             status, data = response.status, await response.read()
             if status != 200:
                 raise status_error(status, data, api_key, response.headers)
-    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+    except OSError as exc:  # TimeoutError and the client's ResponseError are OSErrors
         raise unreachable_error(exc) from None
     return data
 
@@ -223,7 +221,7 @@ async def stream_events(parser: FrameParser, http: HttpClient, url: str, body: b
             if response.status != 200:
                 raise status_error(response.status, await response.read(), api_key, response.headers)
             rest = b""
-            async for chunk in response.content.iter_any():
+            async for chunk in response:
                 lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
                 rest = lines.pop()
                 if len(rest) > MAX_LINE_BYTES:
@@ -254,7 +252,7 @@ async def stream_events(parser: FrameParser, http: HttpClient, url: str, body: b
                         yield item
                     if has_done and parser.done:  # type: ignore[attr-defined]
                         break
-    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+    except OSError as exc:  # TimeoutError and the client's ResponseError are OSErrors
         raise unreachable_error(exc) from None
     yield parser.end()
 

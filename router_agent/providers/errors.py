@@ -106,7 +106,7 @@ def unreachable_error(exc: BaseException) -> ProviderError:
     """No answer from the provider: a read timeout, or no connection (refused, DNS, reset,
     the endpoint policy). The message names the policy's refusal or the exception's type,
     never its text (it may carry addresses and OS detail)."""
-    if isinstance(exc, TimeoutError):  # aiohttp's read/connect timeouts are TimeoutErrors
+    if isinstance(exc, TimeoutError):  # the client's read and connect timeouts
         return ProviderError("timeout", f"provider did not answer in time ({type(exc).__name__})", True)
     return ProviderError("connection_error", f"cannot reach provider: {unreachable_detail(exc)}", True)
 

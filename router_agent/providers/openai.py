@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from router_agent.core.model import Deployment
@@ -263,7 +262,7 @@ async def probe_get(http: HttpClient, base_url: str, path: str, headers: dict[st
     url = f"{base_url}{path}"
     try:
         result = await http.get(url, headers)
-    except (aiohttp.ClientError, OSError) as exc:
+    except OSError as exc:
         return False, f"cannot reach {base_url}: {unreachable_detail(exc)}", False
     emulated = result.headers.get("x-emulated", "").lower() == "true"
     if result.status == 200:
