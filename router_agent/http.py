@@ -43,7 +43,7 @@ from typing import Self
 from urllib.parse import quote, urlsplit
 
 from router_agent.core.endpoints import EndpointPolicy, check_endpoint
-from router_agent.http_wire import Connection
+from router_agent.http_wire import Connection, header_map
 
 log = logging.getLogger("router_agent")
 
@@ -198,7 +198,7 @@ class Exchange:
     it as it arrives. Leaving hands the connection back to the pool when its answer was
     read to the end, else closes it."""
 
-    __slots__ = ("_body", "_client", "_conn", "_head", "_target", "headers", "status")
+    __slots__ = ("_body", "_client", "_conn", "_fields", "_head", "_headers", "_target", "status")
 
     def __init__(self, client: HttpClient, target: _Target, head: bytes, body: bytes) -> None:
         self._client = client
@@ -207,7 +207,8 @@ class Exchange:
         self._body = body
         self._conn: Connection | None = None
         self.status = 0
-        self.headers: Mapping[str, str] = {}
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._headers: dict[str, str] | None = None
 
     async def __aenter__(self) -> Self:
         conn = await self._client._acquire(self._target)
@@ -219,8 +220,15 @@ class Exchange:
             conn.abort()  # a cancelled or failed exchange leaves the connection in no known state
             raise
         self.status = conn.status  # type: ignore[assignment]
-        self.headers = conn.headers
+        self._fields = conn.headers
         return self
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Names in lower case; a repeated header's values joined by ", " (decoded when first asked)."""
+        if self._headers is None:
+            self._headers = header_map(self._fields)
+        return self._headers
 
     async def __aexit__(self, *exc_info: object) -> None:
         conn = self._conn

@@ -30,6 +30,17 @@ class ResponseError(ConnectionError):
     encoding that was not asked for. ``str()`` says which, never the answer's bytes."""
 
 
+def header_map(fields: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Headers as received, as a dict: names in lower case, a repeated header's values
+    joined by ", "."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
 class Connection(asyncio.Protocol):
     """A keep-alive connection and the state of its current exchange.
 
@@ -77,7 +88,7 @@ class Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status: int | None = None
-        self.headers: dict[str, str] = {}
+        self.headers: list[tuple[bytes, bytes]] = []  # as received; see ``header_map``
         self.complete = False
         self.keep_alive = False
         self._fields: list[tuple[bytes, bytes]] = []
@@ -216,20 +227,24 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:  # an interim answer (100 Continue, 103 Early Hints): the real one follows
             return
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in self._fields:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        self.headers = headers
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "deflate", "x-gzip"):
+        # Only the framing and the encoding are read here; the caller decodes the headers
+        # when it asks for them (an adapter does on an error answer only).
+        encoding = b"identity"
+        framed = False
+        for name, value in self._fields:
+            name = name.lower()
+            if name == b"content-encoding":
+                encoding = value.strip().lower()
+            elif name in (b"content-length", b"transfer-encoding"):
+                framed = True
+        if encoding in (b"gzip", b"deflate", b"x-gzip"):
             self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # either header, detected
-        elif encoding != "identity":
-            raise ResponseError(f"the provider's answer is in an encoding that was not asked for ({encoding[:40]})")
-        self._until_eof = ("content-length" not in headers and "transfer-encoding" not in headers
-                           and status not in (204, 304))
+        elif encoding != b"identity":
+            shown = encoding[:40].decode("latin-1")
+            raise ResponseError(f"the provider's answer is in an encoding that was not asked for ({shown})")
+        self._until_eof = not framed and status not in (204, 304)
         self.status = status
+        self.headers = self._fields
         self._wake()
 
     def on_body(self, body: bytes) -> None:
