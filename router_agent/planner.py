@@ -45,10 +45,12 @@ class Planner:
         self.publishing: set[asyncio.Task[None]] = set()
         """Decisions on their way to the bus (``drain`` waits for them at a stop)."""
 
-    async def _publish_after_a_turn(self, request: LlmRequest, plan: Plan, ordered: list[Scored],
-                                    traceparent: str | None) -> None:
-        await asyncio.sleep(0)  # one turn of the loop: the adapter's request is written first
-        await self._publish(request, plan, ordered, traceparent)
+    def _publish_later(self, request: LlmRequest, plan: Plan, ordered: list[Scored], traceparent: str | None) -> None:
+        """Publish the decision from a task of its own, started by a loop callback: the
+        request's task runs on to the adapter's write before the task is even made."""
+        task = asyncio.get_running_loop().create_task(self._publish(request, plan, ordered, traceparent))
+        self.publishing.add(task)
+        task.add_done_callback(self._published)
 
     async def _publish(self, request: LlmRequest, plan: Plan, ordered: list[Scored], traceparent: str | None) -> None:
         await self.outbox.publish(self.outbox.subjects.routing_decision(request.agent_id), "routing_decision",
@@ -89,6 +91,7 @@ class Planner:
 
     async def drain(self) -> None:
         """Let every decision still on its way reach the bus."""
+        await asyncio.sleep(0)  # a decision whose task a loop callback is about to start
         if self.publishing:
             await asyncio.wait(set(self.publishing), timeout=5)
 
@@ -121,9 +124,7 @@ class Planner:
         if ordered:
             # Built, encoded and published once the first attempt is on its way: they would
             # otherwise sit between the plan and the upstream call.
-            task = asyncio.get_running_loop().create_task(self._publish_after_a_turn(request, plan, ordered, traceparent))
-            self.publishing.add(task)
-            task.add_done_callback(self._published)
+            asyncio.get_running_loop().call_soon(self._publish_later, request, plan, ordered, traceparent)
         else:
             await self._publish(request, plan, ordered, traceparent)
         verifier = plan.verify_with.dep if plan.verify_with is not None else None

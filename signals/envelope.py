@@ -103,8 +103,8 @@ class EventFactory:
         return _encoder.encode(event)
 
 
-_last_ms = -1
-_last_iso = ""
+_last_s = -1
+_last_prefix = ""
 
 
 def iso_ms(unix_ms: int) -> str:
@@ -114,13 +114,14 @@ def iso_ms(unix_ms: int) -> str:
 
 
 def _now_iso() -> str:
-    """UTC time to the millisecond; formatted once per millisecond (every event needs it)."""
-    global _last_ms, _last_iso
-    now_ms = time.time_ns() // 1_000_000
-    if now_ms != _last_ms:
-        _last_iso = iso_ms(now_ms)
-        _last_ms = now_ms
-    return _last_iso
+    """UTC time to the millisecond (every event needs it): the date and time of day are
+    formatted once per second, the milliseconds appended."""
+    global _last_s, _last_prefix
+    seconds, millis = divmod(time.time_ns() // 1_000_000, 1000)
+    if seconds != _last_s:
+        _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _last_s = seconds
+    return f"{_last_prefix}.{millis:03d}Z"
 
 
 def encode_event(signal: str, data: Any, source: str = "client", event_id: str | None = None) -> bytes:
