@@ -220,7 +220,7 @@ class Exchange:
             conn.abort()  # a cancelled or failed exchange leaves the connection in no known state
             raise
         self.status = conn.status  # type: ignore[assignment]
-        self._fields = conn.headers
+        self._fields = conn.fields
         return self
 
     @property
@@ -250,6 +250,11 @@ class Exchange:
         if chunk is None:
             raise StopAsyncIteration
         return chunk
+
+
+async def _whole(exchange: Exchange) -> HttpResult:
+    async with exchange as response:
+        return HttpResult(response.status, await response.read(), response.headers)
 
 
 class HttpClient:
@@ -300,13 +305,11 @@ class HttpClient:
         return Exchange(self, target, _head("POST", target, headers, len(body)), body)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResult:
-        async with self.posting(url, body, headers) as response:
-            return HttpResult(response.status, await response.read(), response.headers)
+        return await _whole(self.posting(url, body, headers))
 
     async def get(self, url: str, headers: Mapping[str, str]) -> HttpResult:
         target = self._target(url)
-        async with Exchange(self, target, _head("GET", target, headers, None), b"") as response:
-            return HttpResult(response.status, await response.read(), response.headers)
+        return await _whole(Exchange(self, target, _head("GET", target, headers, None), b""))
 
     def clear_dns_cache(self) -> None:
         """Forget every resolved answer (what the TTL does when it runs out)."""
@@ -355,16 +358,14 @@ class HttpClient:
         error: OSError = OSError(errno.EHOSTUNREACH, "no address to connect to")
         for address in addresses:
             try:
-                if self._connect_timeout_s is None:
-                    return await dial(loop, factory, address, target.port, tls, target.host)
-                async with asyncio.timeout(self._connect_timeout_s):
+                async with asyncio.timeout(self._connect_timeout_s):  # None: no timer
                     return await dial(loop, factory, address, target.port, tls, target.host)
             except OSError as exc:  # refused, unreachable, TLS, timed out: try the next address
                 error = exc
         raise error
 
     async def _addresses(self, target: _Target) -> list[str]:
-        host = target.host.lower()
+        host = target.host
         now = asyncio.get_running_loop().time()
         cached = self._dns.get(host)
         if cached is not None and cached[1] > now:

@@ -53,7 +53,6 @@ class Connection(asyncio.Protocol):
         "_buffered",
         "_decoder",
         "_error",
-        "_fields",
         "_loop",
         "_open",
         "_parser",
@@ -65,7 +64,7 @@ class Connection(asyncio.Protocol):
         "active",
         "closed",
         "complete",
-        "headers",
+        "fields",
         "idle_since",
         "keep_alive",
         "key",
@@ -88,10 +87,10 @@ class Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status: int | None = None
-        self.headers: list[tuple[bytes, bytes]] = []  # as received; see ``header_map``
         self.complete = False
         self.keep_alive = False
-        self._fields: list[tuple[bytes, bytes]] = []
+        self.fields: list[tuple[bytes, bytes]] = []
+        """The answer's headers as received (``header_map`` decodes them); final once ``status`` is set."""
         self._body: list[bytes] = []
         self._buffered = 0
         self._error: BaseException | None = None
@@ -218,10 +217,10 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.complete:
             raise ResponseError("the provider sent a second answer to one request")
-        self._fields = []
+        self.fields = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
+        self.fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -231,7 +230,7 @@ class Connection(asyncio.Protocol):
         # when it asks for them (an adapter does on an error answer only).
         encoding = b"identity"
         framed = False
-        for name, value in self._fields:
+        for name, value in self.fields:
             name = name.lower()
             if name == b"content-encoding":
                 encoding = value.strip().lower()
@@ -244,7 +243,6 @@ class Connection(asyncio.Protocol):
             raise ResponseError(f"the provider's answer is in an encoding that was not asked for ({shown})")
         self._until_eof = not framed and status not in (204, 304)
         self.status = status
-        self.headers = self._fields
         self._wake()
 
     def on_body(self, body: bytes) -> None:
