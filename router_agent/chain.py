@@ -207,7 +207,7 @@ class AttemptChain:
                 self.ledger.release(hold)
                 continue
             if limiter is not None:
-                limiter.admit(now, tokens)
+                limiter.take(now, tokens)  # allows() said yes at this same instant
             return dep, admission, run.retries.get(key, 0) > 0, hold
         if not run.attempts and not run.running and open_only and len(open_only) == self._left(run, busy):
             # Every candidate is cooling down: probe the one whose cooldown ends first.

@@ -53,6 +53,9 @@ DNS_CACHE_TTL_S = 300
 KEEPALIVE_S = 60.0
 """An idle pooled connection older than this is closed rather than reused."""
 
+MAX_CACHED = 4096
+"""Parsed URLs and built request heads kept (they come from the registry; bounded anyway)."""
+
 Guard = Callable[[str, list[str]], str | None]
 """``guard(host, addresses)``: why connecting to ``host`` at ``addresses`` is refused, or None.
 
@@ -178,17 +181,15 @@ def _parse_target(url: str) -> _Target:
 _FORBIDDEN = frozenset("\r\n\0")
 
 
-def _head(method: str, target: _Target, headers: Mapping[str, str], body_length: int | None) -> bytes:
+def _head(method: str, target: _Target, headers: Mapping[str, str]) -> bytes:
+    """The request line and headers, without the body's length and the blank line that ends them."""
     lines = [f"{method} {target.request_target} HTTP/1.1\r\nHost: {target.host_header}\r\n",
              "Accept-Encoding: gzip, deflate\r\n"]
-    if body_length is not None:
-        lines.append(f"Content-Length: {body_length}\r\n")
     for name, value in headers.items():
         if not _FORBIDDEN.isdisjoint(name) or not _FORBIDDEN.isdisjoint(value) or ":" in name:
             # A header split by a line break would add headers (or a request) of its own.
             raise ValueError(f"header {name[:40]!r}: a line break, NUL or colon cannot be sent")
         lines.append(f"{name}: {value}\r\n")
-    lines.append("\r\n")
     return "".join(lines).encode()
 
 
@@ -283,6 +284,7 @@ class HttpClient:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._targets: dict[str, _Target] = {}
+        self._heads: dict[tuple[str, ...], tuple[_Target, bytes]] = {}
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._open: set[Connection] = set()
         self._dns: dict[str, tuple[list[str], float]] = {}
@@ -292,24 +294,37 @@ class HttpClient:
         target = self._targets.get(url)
         if target is None:
             target = _parse_target(url)
-            if len(self._targets) >= 4096:  # URLs come from the registry; bound it anyway
+            if len(self._targets) >= MAX_CACHED:  # URLs come from the registry; bound it anyway
                 self._targets.clear()
             self._targets[url] = target
         return target
+
+    def _head_of(self, method: str, url: str, headers: Mapping[str, str]) -> tuple[_Target, bytes]:
+        """The target and the head for ``url``, built and checked once per distinct request
+        head (an adapter sends the same headers on every call to a deployment)."""
+        key = (method, url, *headers.items())
+        cached = self._heads.get(key)
+        if cached is None:
+            target = self._target(url)
+            cached = (target, _head(method, target, headers))
+            if len(self._heads) >= MAX_CACHED:
+                self._heads.clear()
+            self._heads[key] = cached
+        return cached
 
     def posting(self, url: str, body: bytes, headers: Mapping[str, str]) -> Exchange:
         """The POST as an ``Exchange`` (the answer unread, for a caller that reads it whole or
         streams it). Not a coroutine: a caller on the request path holds no frame of this
         for as long as the provider takes."""
-        target = self._target(url)
-        return Exchange(self, target, _head("POST", target, headers, len(body)), body)
+        target, head = self._head_of("POST", url, headers)
+        return Exchange(self, target, b"%sContent-Length: %d\r\n\r\n" % (head, len(body)), body)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResult:
         return await _whole(self.posting(url, body, headers))
 
     async def get(self, url: str, headers: Mapping[str, str]) -> HttpResult:
-        target = self._target(url)
-        return await _whole(Exchange(self, target, _head("GET", target, headers, None), b""))
+        target, head = self._head_of("GET", url, headers)
+        return await _whole(Exchange(self, target, head + b"\r\n", b""))
 
     def clear_dns_cache(self) -> None:
         """Forget every resolved answer (what the TTL does when it runs out)."""

@@ -18,6 +18,7 @@ same caller, and anything else is reported on ``router_error`` (and logged, and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -70,16 +71,27 @@ class Outbox:
         return replaced, self.events.encode("llm_response", replaced)
 
     async def send_answer(self, agent_id: str, payload: bytes, reply: str, traceparent: str | None) -> None:
-        """The one terminal answer to an llm_request: to the reply and ``llm_response.<agent>``."""
-        if traceparent and self._traced:
-            if reply:
-                await self._send_traced(reply, "llm_response", payload, traceparent, temporary=True)
-            await self._send_traced(self.subjects.llm_response(agent_id), "llm_response", payload, traceparent)
-            return
-        headers = {"traceparent": traceparent} if traceparent else None
+        """The one terminal answer to an llm_request: to the reply and ``llm_response.<agent>``.
+
+        The caller waiting on the reply goes first: one turn of the loop lets nats-py's flusher
+        write it before the copy for ``llm_response.<agent>`` is built and queued (that publish
+        would otherwise sit between the answer and its write). The copy goes out even when the
+        task is cancelled in that turn."""
         if reply:
-            await self.send(reply, payload, headers)
-        await self.send(self.subjects.llm_response(agent_id), payload, headers)  # "" -> llm_response.%
+            await self._send_answer_to(reply, payload, traceparent, temporary=True)
+            try:
+                await asyncio.sleep(0)
+            finally:
+                await self._send_answer_to(self.subjects.llm_response(agent_id), payload, traceparent)
+        else:
+            await self._send_answer_to(self.subjects.llm_response(agent_id), payload, traceparent)  # "" -> llm_response.%
+
+    async def _send_answer_to(self, subject: str, payload: bytes, traceparent: str | None,
+                              temporary: bool = False) -> None:
+        if traceparent and self._traced:
+            await self._send_traced(subject, "llm_response", payload, traceparent, temporary)
+        else:
+            await self.send(subject, payload, {"traceparent": traceparent} if traceparent else None)
 
     async def answer(self, response: LlmResponse, reply: str, traceparent: str | None) -> None:
         """Prepare and send an answer that is not counted as a request (invalid input)."""

@@ -138,6 +138,23 @@ async def test_a_post_sends_one_well_formed_request(serve, client: HttpClient) -
     assert request.body == b'{"a":1}'
 
 
+async def test_a_head_built_once_still_carries_each_calls_length_and_headers(serve, client: HttpClient) -> None:
+    """Heads are built once per (method, URL, headers): the body's length is each call's own,
+    and a changed header (a rotated key) is a new head."""
+    server = await serve(replying(answer()))
+    for body, key in ((b"{}", "k1"), (b'{"a":12}', "k1"), (b'{"b":1}', "k2")):
+        assert (await client.post(server.url(), body, {"authorization": f"Bearer {key}"})).status == 200
+    heads = [r.head.decode().split("\r\n") for r in server.requests]
+    assert [r.body for r in server.requests] == [b"{}", b'{"a":12}', b'{"b":1}']
+    assert ["Content-Length: 2" in h for h in heads] == [True, False, False]
+    assert "Content-Length: 8" in heads[1] and "Content-Length: 7" in heads[2]
+    assert ["authorization: Bearer k2" in h for h in heads] == [False, False, True]
+    for _ in range(2):  # a refused header is refused every time, never remembered as sendable
+        with pytest.raises(ValueError, match="cannot be sent"):
+            await client.post(server.url(), b"{}", {"x-bad": "a\r\nb"})
+    assert len(server.requests) == 3
+
+
 async def test_keep_alive_reuses_one_connection(serve, client: HttpClient) -> None:
     server = await serve(replying(answer()))
     for _ in range(5):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 import signals as sig
 from router_agent.outbox import Outbox
 from router_agent.state import Metrics
@@ -62,3 +66,24 @@ async def test_a_decision_lists_a_bounded_number_of_rejections_and_counts_the_re
     assert len(decision.rejected) == MAX_REJECTIONS_LISTED
     assert decision.rejected_omitted == 40 - MAX_REJECTIONS_LISTED
     assert {r.constraint for r in decision.rejected} == {"context_window"}
+
+
+async def test_an_answer_goes_to_the_reply_then_its_copy_even_if_cancelled_in_between():
+    """The reply is queued first (its write is not held up by the copy); a task cancelled in the
+    turn between them (a shutdown) still publishes the copy to ``llm_response.<agent>``."""
+    bus = MemoryNats()
+    agent_nc, observer = bus.connect("agent"), bus.connect("observer")
+    seen = Collector()
+    await observer.subscribe("_INBOX.t.1", cb=seen.on_message)
+    await observer.subscribe("llm_response.tester", cb=seen.on_message)
+    outbox = Outbox(agent_nc, sig.EventFactory("test"), sig.Subjects(), Metrics())
+    answer = sig.LlmResponse(request_id="r1", agent_id="tester", status="ok")
+    _, payload = outbox.prepare_answer(answer)
+    sending = asyncio.ensure_future(outbox.send_answer("tester", payload, "_INBOX.t.1", None))
+    await asyncio.sleep(0)  # the task queues the reply and gives the loop its turn
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    await seen.wait_for(lambda r: True)
+    await observer.flush()
+    assert [subject for subject, _, _ in seen.items] == ["_INBOX.t.1", "llm_response.tester"]

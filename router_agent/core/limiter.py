@@ -221,12 +221,17 @@ class DeploymentLimiter:
         wait = self.wait_s(now, tokens)
         if wait:
             return wait
+        self.take(now, tokens)
+        return 0.0
+
+    def take(self, now: float, tokens: int) -> None:
+        """Take one request of ``tokens`` that ``allows(now, tokens)`` has just said fits (the
+        attempt chain's path: checked once, not again)."""
         for bucket, n in ((self.requests, 1), (self.tokens, tokens)):
-            if bucket is not None:  # checked above: take without checking again
+            if bucket is not None:
                 bucket._advance(now)
                 bucket.level -= n
         self._refresh()
-        return 0.0
 
     # ------------------------------------------------------------------ corrections
 

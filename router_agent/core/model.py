@@ -59,6 +59,11 @@ class Deployment:
         strong = sum(_STRONG.get(c, 0) for c in self.capabilities)
         object.__setattr__(self, "quality", min(10, (7 if self.type == "cloud" else 5) + strong))
 
+    def __hash__(self) -> int:
+        # Equal deployments have equal keys; the generated hash would hash every field (an
+        # attempt chain hashes its deployment a few times per request).
+        return hash(self.key)
+
 
 CAPACITY = {"local": 4, "cloud": 64}
 """Concurrent attempts a deployment takes well, by type."""
