@@ -246,3 +246,23 @@ def _check_ledger_cache(result: dict[str, Any]) -> None:
         assert evidence["billed_attempts"] >= evidence["answered"]["provider"] > 0
         assert evidence["cache_entries"] > 0 and evidence["answered"]["cache"] == 0
     assert latency["evidence"]["hits_answered"]["cache"] > 0
+
+
+def test_the_paired_comparison_reports_each_round_and_the_blocks_interval():
+    from bench.ab import paired
+
+    result = paired([1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.0, 4.2], per_round=2)
+    assert result["median"] == pytest.approx(0.35) and result["mean"] == pytest.approx(0.3)
+    assert result["low"] < result["mean"] < result["high"]
+    assert result["rounds"] == pytest.approx([0.5, 0.1])
+
+
+def test_bench_ab_runs_two_agents_in_paired_blocks():
+    """``python -m bench.ab`` end to end, tiny: both agents answer, the three lines are printed."""
+    done = subprocess.run([sys.executable, "-m", "bench.ab", "--rounds", "2", "--blocks", "1", "--block", "5"],
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("sequential p50 over 2 x 1 blocks of 5: A ")
+    assert re.match(r"router's own share \(router - direct - echo\): A [+-]\d", lines[1])
+    assert re.match(r"B - A per block: median [+-]\d.* per round [+-]\d\.\d{4}, [+-]\d\.\d{4} ms$", lines[2])
