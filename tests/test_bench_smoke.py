@@ -49,7 +49,7 @@ ROW_PREFIXES = [
 ]
 STREAMS_ROW = re.compile(r"^streaming: (many concurrent streams|[\d,]+ concurrent streams at)")
 STREAMING_SCENARIOS = ("ttft", "relay", "streams")
-DIFFERENCES = re.compile(r"\.(added|router_share|plain_added|plain_share|hits_added)\.")
+DIFFERENCES = re.compile(r"\.(added|router_share|router_share_vs_wire|plain_added|plain_share|hits_added)\.")
 """Result keys that are differences of two figures: they may be negative by noise."""
 
 
