@@ -284,7 +284,7 @@ class HttpClient:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._targets: dict[str, _Target] = {}
-        self._heads: dict[tuple[str, ...], tuple[_Target, bytes]] = {}
+        self._heads: dict[tuple[object, ...], tuple[_Target, bytes]] = {}
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._open: set[Connection] = set()
         self._dns: dict[str, tuple[list[str], float]] = {}

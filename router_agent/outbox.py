@@ -77,14 +77,14 @@ class Outbox:
         write it before the copy for ``llm_response.<agent>`` is built and queued (that publish
         would otherwise sit between the answer and its write). The copy goes out even when the
         task is cancelled in that turn."""
-        if reply:
-            await self._send_answer_to(reply, payload, traceparent, temporary=True)
-            try:
-                await asyncio.sleep(0)
-            finally:
-                await self._send_answer_to(self.subjects.llm_response(agent_id), payload, traceparent)
-        else:
-            await self._send_answer_to(self.subjects.llm_response(agent_id), payload, traceparent)  # "" -> llm_response.%
+        if not reply:
+            await self._send_answer_to(self.subjects.llm_response(agent_id), payload, traceparent)  # "": .%
+            return
+        await self._send_answer_to(reply, payload, traceparent, temporary=True)
+        try:
+            await asyncio.sleep(0)
+        finally:
+            await self._send_answer_to(self.subjects.llm_response(agent_id), payload, traceparent)
 
     async def _send_answer_to(self, subject: str, payload: bytes, traceparent: str | None,
                               temporary: bool = False) -> None:

@@ -47,11 +47,12 @@ The bound
 For one capped scope with cap C, the spend settled by all instances for the day is at most
 ``C + sum_i E_i + U``, where ``E_i`` is the sum, over the calls in flight on instance ``i`` at
 its last admission of a non-zero estimate in that scope and the calls of zero estimate it
-admitted since, of ``max(0, actual - estimate)`` (their estimation error), and ``U`` the billed
+admitted since (a free model's zero estimate is admitted even past the cap: it holds
+nothing), of ``max(0, actual - estimate)`` (their estimation error), and ``U`` the billed
 calls that held no reservation (``charge``) plus those in flight at midnight that moved into
-the day. (A zero estimate, a free model's, is admitted even past the cap: it holds nothing.) Why: a write keeps the grants within the cap (a writer
-grants itself at most the cap minus the others' claims, and never less than it has in use;
-reclaim only lowers grants); an instance admits an estimate only within its grant, which is
+the day. Why: a write keeps the grants within the cap (a writer grants itself at most the
+cap minus the others' claims, and never less than it has in use; reclaim only lowers
+grants); an instance admits an estimate only within its grant, which is
 never above its grant in the document (rule 5); so what it settles beyond its final grant is
 the error of what it had in flight. With at most R calls in flight per instance, each
 underestimated by at most d, N instances pass the cap by at most ``N * R * d``; a request
