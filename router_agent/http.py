@@ -54,7 +54,7 @@ KEEPALIVE_S = 60.0
 """An idle pooled connection older than this is closed rather than reused."""
 
 MAX_CACHED = 4096
-"""Parsed URLs and built request heads kept (they come from the registry; bounded anyway)."""
+"""Request heads (and their parsed URLs) kept."""
 
 Guard = Callable[[str, list[str]], str | None]
 """``guard(host, addresses)``: why connecting to ``host`` at ``addresses`` is refused, or None.
@@ -283,21 +283,11 @@ class HttpClient:
         self._resolve = resolver or system_resolve
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
-        self._targets: dict[str, _Target] = {}
         self._heads: dict[tuple[object, ...], tuple[_Target, bytes]] = {}
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._open: set[Connection] = set()
         self._dns: dict[str, tuple[list[str], float]] = {}
         self._tls = tls
-
-    def _target(self, url: str) -> _Target:
-        target = self._targets.get(url)
-        if target is None:
-            target = _parse_target(url)
-            if len(self._targets) >= MAX_CACHED:  # URLs come from the registry; bound it anyway
-                self._targets.clear()
-            self._targets[url] = target
-        return target
 
     def _head_of(self, method: str, url: str, headers: Mapping[str, str]) -> tuple[_Target, bytes]:
         """The target and the head for ``url``, built and checked once per distinct request
@@ -305,9 +295,9 @@ class HttpClient:
         key = (method, url, *headers.items())
         cached = self._heads.get(key)
         if cached is None:
-            target = self._target(url)
+            target = _parse_target(url)
             cached = (target, _head(method, target, headers))
-            if len(self._heads) >= MAX_CACHED:
+            if len(self._heads) >= MAX_CACHED:  # URLs come from the registry; bounded anyway
                 self._heads.clear()
             self._heads[key] = cached
         return cached
