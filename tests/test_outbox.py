@@ -76,11 +76,20 @@ async def test_an_answer_goes_to_the_reply_then_its_copy_even_if_cancelled_in_be
     seen = Collector()
     await observer.subscribe("_INBOX.t.1", cb=seen.on_message)
     await observer.subscribe("llm_response.tester", cb=seen.on_message)
+    replied = asyncio.Event()
+    publish = agent_nc.publish
+
+    async def publish_and_tell(subject: str, payload: bytes = b"", reply: str = "", headers=None) -> None:
+        await publish(subject, payload, reply=reply, headers=headers)  # observes; the real publish runs
+        if subject == "_INBOX.t.1":
+            replied.set()
+
+    agent_nc.publish = publish_and_tell
     outbox = Outbox(agent_nc, sig.EventFactory("test"), sig.Subjects(), Metrics())
     answer = sig.LlmResponse(request_id="r1", agent_id="tester", status="ok")
     _, payload = outbox.prepare_answer(answer)
     sending = asyncio.ensure_future(outbox.send_answer("tester", payload, "_INBOX.t.1", None))
-    await asyncio.sleep(0)  # the task queues the reply and gives the loop its turn
+    await replied.wait()  # this test runs again only once the task has given up the loop after the reply
     sending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sending
