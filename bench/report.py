@@ -177,6 +177,13 @@ def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
                 "router's own share against it = router - it - echo",
                 _trio(lat["router_share_vs_wire"], sign=True),
             ))
+        if "relay" in lat:
+            out.append((
+                "latency: bare relay on the same stack (bench/relay.py: no routing, limits or signals), p50/p90/p99",
+                _trio(lat["relay"]) + "; its share (relay - direct - echo) " + _trio(lat["relay_share"], sign=True),
+                "the product's own work = router - relay",
+                _trio(lat["router_over_relay"], sign=True),
+            ))
 
     for t in r.get("throughput", []):
         router, direct = t["router"], t["direct"]

@@ -145,6 +145,8 @@ class Bench:
         self.http200: HttpClient | None = None
         self.echo: Child | None = None
         self.bus_echo: BusClient | None = None
+        self.relay: Child | None = None
+        self.bus_relay: BusClient | None = None
         self.me = psutil.Process()
         self.streaming = StreamScenarios(self)
 
@@ -160,6 +162,11 @@ class Bench:
         self.echo.wait_for_line("echo ready:", 20)
         self.bus_echo = await BusClient.connect(self.nats_url, "bench.echo")
         await self.bus_echo.sequential(50)
+        self.relay = self.stack.spawn_python("relay", "bench.relay", ["--nats", self.nats_url, "--subject", "bench.relay",
+                                                                     "--upstream", self.e0.info["url"]])
+        self.relay.wait_for_line("relay ready:", 20)
+        self.bus_relay = await BusClient.connect(self.nats_url, "bench.relay")
+        await self.bus_relay.sequential(50)
         # Warm the zero-latency paths once (lazy imports, first-call caches, pools).
         await self.bus0.sequential(50)
         await self.http0.sequential(50)
@@ -189,7 +196,8 @@ class Bench:
         await self.http200.closed_loop(level, 0.6, 0.4)
 
     async def close(self) -> None:
-        for client in (self.bus0, self.bus200, self.http0, self.wire0, self.http200, self.bus_echo):
+        for client in (self.bus0, self.bus200, self.http0, self.wire0, self.http200, self.bus_echo,
+                       self.bus_relay):
             if client is not None:
                 await client.close()
         await self.streaming.close()
@@ -205,13 +213,16 @@ class Bench:
         """One request at a time through the agent vs straight to the emulator (0 ms), and a
         bare nats-py request/reply echo: the floor any agent on NATS pays. The router's own
         share is what it adds over direct minus that floor. ``direct_wire`` is the direct
-        call made with the router's own HTTP client, for the share against that baseline."""
+        call made with the router's own HTTP client, for the share against that baseline;
+        ``relay`` a bare relay on the same stack (``bench/relay.py``): ``router - relay`` is
+        what the product's own work costs, ``relay_share`` what the stack alone takes."""
         s = self.sizes
         rounds = []
-        clients = {"router": self.bus0, "direct": self.http0, "direct_wire": self.wire0, "echo": self.bus_echo}
+        clients = {"router": self.bus0, "direct": self.http0, "direct_wire": self.wire0, "echo": self.bus_echo,
+                   "relay": self.bus_relay}
         for r in range(s.latency_rounds):
             row: dict[str, Any] = {}
-            for side in _order(r, "router", "direct") + ("direct_wire", "echo"):
+            for side in _order(r, "router", "direct") + ("direct_wire", "echo", "relay"):
                 client = clients[side]
                 latencies, errors = await client.sequential(s.latency_n)
                 row[side] = {**summarize_ms(latencies), "errors": errors, "n": s.latency_n}
@@ -223,6 +234,8 @@ class Bench:
         out["router_share"] = {k: out["added"][k] - out["echo"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
         out["router_share_vs_wire"] = {k: out["router"][k] - out["direct_wire"][k] - out["echo"][k]
                                        for k in ("p50_ms", "p90_ms", "p99_ms")}
+        out["relay_share"] = {k: out["relay"][k] - out["direct"][k] - out["echo"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
+        out["router_over_relay"] = {k: out["router"][k] - out["relay"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
         return out
 
     # ------------------------------------------------------------------ throughput

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(TIMEOUT_S + 60)
 
 ROW_PREFIXES = [
     "latency:",
+    "latency: bare relay on the same stack",
     "throughput: closed loop",
     "throughput: open loop",
     "with ledger and cache on: latency",
@@ -49,7 +50,7 @@ ROW_PREFIXES = [
 ]
 STREAMS_ROW = re.compile(r"^streaming: (many concurrent streams|[\d,]+ concurrent streams at)")
 STREAMING_SCENARIOS = ("ttft", "relay", "streams")
-DIFFERENCES = re.compile(r"\.(added|router_share|router_share_vs_wire|plain_added|plain_share|hits_added)\.")
+DIFFERENCES = re.compile(r"\.(added|router_share|router_share_vs_wire|relay_share|router_over_relay|plain_added|plain_share|hits_added)\.")
 """Result keys that are differences of two figures: they may be negative by noise."""
 
 
@@ -183,7 +184,8 @@ def test_the_json_has_sane_numbers(quick_run: tuple[str, dict[str, Any]]) -> Non
 
     latency = results["latency"]
     assert latency["router"]["errors"] == 0 and latency["direct"]["errors"] == 0
-    for side in ("router", "direct"):
+    assert latency["relay"]["errors"] == 0 and latency["echo"]["errors"] == 0
+    for side in ("router", "direct", "relay"):
         assert 0 < latency[side]["p50_ms"] <= latency[side]["p90_ms"] <= latency[side]["p99_ms"]
 
     assert len(results["throughput"]) >= 2
