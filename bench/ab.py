@@ -2,6 +2,7 @@
 
     python -m bench.ab --b-env NAME=VALUE                  the same code, B with an environment
     python -m bench.ab --b-cli ../other/.venv/bin/router-agent   another checkout's agent as B
+    python -m bench.ab --b-relay                           the bare relay (bench/relay.py) as B
     python -m bench.ab --rounds 4 --blocks 15 --block 200  the defaults (~35 s)
 
 Why: the latency scenario's "router's own share" moves by about +-0.05 ms from one run to
@@ -74,8 +75,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # luck (addresses, hash seed, which core it lands on) is a round's, not a side's.
             agents = {}
             for side in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                agents[side] = stack.start_agent(url, emulator.info["url"], f"bench{side}{r}", cli=clis[side],
-                                                 env=envs[side])
+                if side == "B" and args.b_relay:
+                    agents[side] = stack.spawn_python("relay", "bench.relay", [
+                        "--nats", url, "--subject", f"bench{side}{r}.llm_request", "--upstream", emulator.info["url"]])
+                    agents[side].wait_for_line("relay ready:", 20)
+                else:
+                    agents[side] = stack.start_agent(url, emulator.info["url"], f"bench{side}{r}", cli=clis[side],
+                                                     env=envs[side])
                 clients[side] = await BusClient.connect(url, f"bench{side}{r}.llm_request")
             for client in clients.values():  # warm every path (imports, pools, first-call caches)
                 await client.sequential(args.block)
@@ -113,10 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--b-cli", help="agent B's router-agent command (default: this environment's)")
     ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for agent B (repeatable)")
+    ap.add_argument("--b-relay", action="store_true",
+                    help="B is the bare relay (bench/relay.py), not an agent: B - A is minus the product's own work")
     ap.add_argument("--rounds", type=int, default=4, help="fresh pairs of agents, started in turn")
     ap.add_argument("--blocks", type=int, default=15, help="blocks per round")
     ap.add_argument("--block", type=int, default=200, help="sequential requests per side per block")
     args = ap.parse_args(argv)
+    if args.b_relay and (args.b_cli or args.b_env):
+        ap.error("--b-relay replaces agent B: no --b-cli or --b-env with it")
     for item in args.b_env:
         if "=" not in item:
             ap.error(f"--b-env {item!r}: expected NAME=VALUE")

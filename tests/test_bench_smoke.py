@@ -259,12 +259,20 @@ def test_the_paired_comparison_reports_each_round_and_the_blocks_interval():
     assert result["rounds"] == pytest.approx([0.5, 0.1])
 
 
-def test_bench_ab_runs_two_agents_in_paired_blocks():
-    """``python -m bench.ab`` end to end, tiny: both agents answer, the three lines are printed."""
-    done = subprocess.run([sys.executable, "-m", "bench.ab", "--rounds", "2", "--blocks", "1", "--block", "5"],
+@pytest.mark.parametrize("b", [[], ["--b-relay"]], ids=["two-agents", "agent-and-relay"])
+def test_bench_ab_runs_two_sides_in_paired_blocks(b: list[str]):
+    """``python -m bench.ab`` end to end, tiny: both sides answer (every request is checked
+    ``ok``: an error stops the run), the three lines are printed."""
+    done = subprocess.run([sys.executable, "-m", "bench.ab", "--rounds", "2", "--blocks", "1", "--block", "5", *b],
                           check=False, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("sequential p50 over 2 x 1 blocks of 5: A ")
     assert re.match(r"router's own share \(router - direct - echo\): A [+-]\d", lines[1])
     assert re.match(r"B - A per block: median [+-]\d.* per round [+-]\d\.\d{4}, [+-]\d\.\d{4} ms$", lines[2])
+
+
+def test_bench_ab_refuses_an_environment_for_the_relay():
+    done = subprocess.run([sys.executable, "-m", "bench.ab", "--b-relay", "--b-env", "X=1"],
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--b-relay replaces agent B" in done.stderr
