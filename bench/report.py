@@ -177,12 +177,12 @@ def rows(results: dict[str, Any], sizes: Any) -> list[Row]:
                 "router's own share against it = router - it - echo",
                 _trio(lat["router_share_vs_wire"], sign=True),
             ))
-        if "relay" in lat:
+        if "bare_relay" in lat:
             out.append((
                 "latency: bare relay on the same stack (bench/relay.py: no routing, limits or signals), p50/p90/p99",
-                _trio(lat["relay"]) + "; its share (relay - direct - echo) " + _trio(lat["relay_share"], sign=True),
+                _trio(lat["bare_relay"]) + "; its share (relay - direct - echo) " + _trio(lat["bare_relay_share"], sign=True),
                 "the product's own work = router - relay",
-                _trio(lat["router_over_relay"], sign=True),
+                _trio(lat["router_over_bare_relay"], sign=True),
             ))
 
     for t in r.get("throughput", []):

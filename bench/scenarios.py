@@ -145,8 +145,8 @@ class Bench:
         self.http200: HttpClient | None = None
         self.echo: Child | None = None
         self.bus_echo: BusClient | None = None
-        self.relay: Child | None = None
-        self.bus_relay: BusClient | None = None
+        self.bare_relay: Child | None = None
+        self.bus_bare_relay: BusClient | None = None
         self.me = psutil.Process()
         self.streaming = StreamScenarios(self)
 
@@ -162,11 +162,11 @@ class Bench:
         self.echo.wait_for_line("echo ready:", 20)
         self.bus_echo = await BusClient.connect(self.nats_url, "bench.echo")
         await self.bus_echo.sequential(50)
-        self.relay = self.stack.spawn_python("relay", "bench.relay", ["--nats", self.nats_url, "--subject", "bench.relay",
+        self.bare_relay = self.stack.spawn_python("relay", "bench.relay", ["--nats", self.nats_url, "--subject", "bench.relay",
                                                                      "--upstream", self.e0.info["url"]])
-        self.relay.wait_for_line("relay ready:", 20)
-        self.bus_relay = await BusClient.connect(self.nats_url, "bench.relay")
-        await self.bus_relay.sequential(50)
+        self.bare_relay.wait_for_line("relay ready:", 20)
+        self.bus_bare_relay = await BusClient.connect(self.nats_url, "bench.relay")
+        await self.bus_bare_relay.sequential(50)
         # Warm the zero-latency paths once (lazy imports, first-call caches, pools).
         await self.bus0.sequential(50)
         await self.http0.sequential(50)
@@ -197,7 +197,7 @@ class Bench:
 
     async def close(self) -> None:
         for client in (self.bus0, self.bus200, self.http0, self.wire0, self.http200, self.bus_echo,
-                       self.bus_relay):
+                       self.bus_bare_relay):
             if client is not None:
                 await client.close()
         await self.streaming.close()
@@ -214,15 +214,15 @@ class Bench:
         bare nats-py request/reply echo: the floor any agent on NATS pays. The router's own
         share is what it adds over direct minus that floor. ``direct_wire`` is the direct
         call made with the router's own HTTP client, for the share against that baseline;
-        ``relay`` a bare relay on the same stack (``bench/relay.py``): ``router - relay`` is
-        what the product's own work costs, ``relay_share`` what the stack alone takes."""
+        ``bare_relay`` a bare relay on the same stack (``bench/relay.py``): ``router - it`` is
+        what the product's own work costs, ``bare_relay_share`` what the stack alone takes."""
         s = self.sizes
         rounds = []
         clients = {"router": self.bus0, "direct": self.http0, "direct_wire": self.wire0, "echo": self.bus_echo,
-                   "relay": self.bus_relay}
+                   "bare_relay": self.bus_bare_relay}
         for r in range(s.latency_rounds):
             row: dict[str, Any] = {}
-            for side in _order(r, "router", "direct") + ("direct_wire", "echo", "relay"):
+            for side in _order(r, "router", "direct") + ("direct_wire", "echo", "bare_relay"):
                 client = clients[side]
                 latencies, errors = await client.sequential(s.latency_n)
                 row[side] = {**summarize_ms(latencies), "errors": errors, "n": s.latency_n}
@@ -234,8 +234,9 @@ class Bench:
         out["router_share"] = {k: out["added"][k] - out["echo"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
         out["router_share_vs_wire"] = {k: out["router"][k] - out["direct_wire"][k] - out["echo"][k]
                                        for k in ("p50_ms", "p90_ms", "p99_ms")}
-        out["relay_share"] = {k: out["relay"][k] - out["direct"][k] - out["echo"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
-        out["router_over_relay"] = {k: out["router"][k] - out["relay"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
+        out["bare_relay_share"] = {k: out["bare_relay"][k] - out["direct"][k] - out["echo"][k]
+                                   for k in ("p50_ms", "p90_ms", "p99_ms")}
+        out["router_over_bare_relay"] = {k: out["router"][k] - out["bare_relay"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
         return out
 
     # ------------------------------------------------------------------ throughput

@@ -50,7 +50,7 @@ ROW_PREFIXES = [
 ]
 STREAMS_ROW = re.compile(r"^streaming: (many concurrent streams|[\d,]+ concurrent streams at)")
 STREAMING_SCENARIOS = ("ttft", "relay", "streams")
-DIFFERENCES = re.compile(r"\.(added|router_share|router_share_vs_wire|relay_share|router_over_relay|plain_added|plain_share|hits_added)\.")
+DIFFERENCES = re.compile(r"\.(added|router_share|router_share_vs_wire|bare_relay_share|router_over_bare_relay|plain_added|plain_share|hits_added)\.")
 """Result keys that are differences of two figures: they may be negative by noise."""
 
 
@@ -184,8 +184,8 @@ def test_the_json_has_sane_numbers(quick_run: tuple[str, dict[str, Any]]) -> Non
 
     latency = results["latency"]
     assert latency["router"]["errors"] == 0 and latency["direct"]["errors"] == 0
-    assert latency["relay"]["errors"] == 0 and latency["echo"]["errors"] == 0
-    for side in ("router", "direct", "relay"):
+    assert latency["bare_relay"]["errors"] == 0 and latency["echo"]["errors"] == 0
+    for side in ("router", "direct", "bare_relay"):
         assert 0 < latency[side]["p50_ms"] <= latency[side]["p90_ms"] <= latency[side]["p99_ms"]
 
     assert len(results["throughput"]) >= 2
