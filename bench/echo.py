@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import nats
 
@@ -24,10 +26,26 @@ async def serve(url: str, subject: str) -> None:
     async def echo(msg) -> None:
         await nc.publish(msg.reply, ANSWER)
 
-    await nc.subscribe(subject, cb=echo, pending_msgs_limit=1_000_000)
+    await answer_forever(nc, subject, echo, "echo")
+
+
+async def answer_forever(nc: nats.NATS, subject: str, cb: Callable[[Any], Awaitable[None]], name: str) -> None:
+    """Subscribe ``cb`` to ``subject``, say ``<name> ready: <subject>`` (what the bench waits
+    for), then serve until stopped."""
+    await nc.subscribe(subject, cb=cb, pending_msgs_limit=1_000_000)
     await nc.flush()
-    print("echo ready:", subject, flush=True)
+    print(f"{name} ready:", subject, flush=True)
     await asyncio.Event().wait()
+
+
+def run_like_the_agent(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed, as the agent runs: the same floor."""
+    try:
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    asyncio.run(main)
 
 
 def main() -> None:
@@ -35,12 +53,7 @@ def main() -> None:
     ap.add_argument("--nats", required=True)
     ap.add_argument("--subject", default="bench.echo")
     args = ap.parse_args()
-    try:
-        import uvloop  # the agent runs on uvloop too: the same floor
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    asyncio.run(serve(args.nats, args.subject))
+    run_like_the_agent(serve(args.nats, args.subject))
 
 
 if __name__ == "__main__":

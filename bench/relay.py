@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import nats
 
+from bench.echo import answer_forever, run_like_the_agent
 from router_agent.http import HttpClient
 
 HEADERS = {"content-type": "application/json", "accept": "application/json"}
@@ -78,10 +79,7 @@ async def serve(url: str, subject: str, upstream: str, model: str) -> None:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    await nc.subscribe(subject, cb=on_request, pending_msgs_limit=1_000_000)
-    await nc.flush()
-    print("relay ready:", subject, flush=True)
-    await asyncio.Event().wait()
+    await answer_forever(nc, subject, on_request, "relay")
 
 
 def main() -> None:
@@ -91,12 +89,7 @@ def main() -> None:
     ap.add_argument("--upstream", required=True, help="base URL of a chat-completions endpoint (the emulator's /v1)")
     ap.add_argument("--model", default="gpt-4-turbo-preview", help="the upstream model id posted")
     args = ap.parse_args()
-    try:
-        import uvloop  # as the agent
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    asyncio.run(serve(args.nats, args.subject, args.upstream, args.model))
+    run_like_the_agent(serve(args.nats, args.subject, args.upstream, args.model))
 
 
 if __name__ == "__main__":
